@@ -1,0 +1,348 @@
+"""The wire format: every message two moot processes exchange.
+
+Rules (memberlist's and h11's, made explicit):
+
+- A message is a frozen ``msgspec.Struct`` with an integer ``tag``. Tag values
+  are part of the protocol: **append only, never renumber, never reuse**. The
+  table ``TAGS`` below is the single place they are assigned.
+- A frame on a stream is a 4-byte big-endian length followed by that many
+  bytes of MessagePack. ``FRAME_BYTES_MAX`` is a hard cap checked *before*
+  the body is read, so a peer cannot make us buffer more.
+- Every string, list and map has a size cap (``msgspec.Meta``) so that a
+  decoded message is bounded no matter what the peer sent; a message that
+  breaks a cap fails to decode and the connection is closed.
+- The first frame on every stream, each way, is ``Hello``. Versions are
+  negotiated as memberlist does: each side sends ``[protocol_min,
+  protocol_max]`` and the highest version both speak is used; no overlap
+  closes the stream with ``Goodbye``.
+
+This module has no I/O: ``encode`` and ``decode`` turn messages into bytes
+and back, and ``decode`` raises ``RemoteProtocolError`` for anything a peer
+could have sent wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal, Union
+
+import msgspec
+
+# Protocol versions this build speaks. Raise max when a message changes
+# meaning; raise min only when support for an old version is dropped.
+PROTOCOL_VERSION_MIN: Final = 1
+PROTOCOL_VERSION_MAX: Final = 1
+
+# Hard cap on one frame. Large data (object chunks) is sent as a sequence of
+# frames below this; 16 MiB matches etcd's default request cap order
+# (--max-request-bytes 1.5 MiB is etcd's; we carry 4 MiB chunks, so 4x that).
+FRAME_BYTES_MAX: Final = 16 * 1024 * 1024
+FRAME_HEADER_BYTES: Final = 4
+
+# Field caps. Node ids are short random hex strings; addresses are
+# HOST:PORT; labels are small operator-chosen strings (k8s caps label values
+# at 63 characters, we allow a little more).
+NODE_ID_CHARS_MAX: Final = 64
+ADDRESS_CHARS_MAX: Final = 261  # 255 host + ':' + 5 port digits
+LABEL_CHARS_MAX: Final = 128
+LABELS_COUNT_MAX: Final = 32
+GOSSIP_COUNT_MAX: Final = 256
+MEMBERS_COUNT_MAX: Final = 100_000
+TOKEN_CHARS_MAX: Final = 256
+REASON_CHARS_MAX: Final = 1024
+COORDINATE_DIMENSIONS_MAX: Final = 16
+
+NodeId = Annotated[str, msgspec.Meta(min_length=1, max_length=NODE_ID_CHARS_MAX)]
+Address = Annotated[str, msgspec.Meta(min_length=3, max_length=ADDRESS_CHARS_MAX)]
+LabelText = Annotated[str, msgspec.Meta(max_length=LABEL_CHARS_MAX)]
+Labels = Annotated[dict[LabelText, LabelText], msgspec.Meta(max_length=LABELS_COUNT_MAX)]
+Incarnation = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Sequence = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+FiniteFloat = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
+
+
+class TAGS:
+    """Tag values, append only. A gap is a retired tag: never reuse it."""
+
+    HELLO: Final = 1
+    GOODBYE: Final = 2
+    PING: Final = 10
+    INDIRECT_PING: Final = 11
+    ACK: Final = 12
+    NACK: Final = 13
+    PUSH_PULL: Final = 14
+    GOSSIP: Final = 15
+    ALIVE: Final = 20
+    SUSPECT: Final = 21
+    DEAD: Final = 22
+    COORDINATE_UPDATE: Final = 23
+    MEMBERS_REQUEST: Final = 30
+    MEMBERS_REPLY: Final = 31
+    ERROR_REPLY: Final = 32
+
+
+class LocalProtocolError(Exception):
+    """We tried to send something the protocol does not allow (our bug)."""
+
+
+class RemoteProtocolError(Exception):
+    """The peer sent something the protocol does not allow (its fault)."""
+
+
+class Coordinate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A Vivaldi network coordinate (Dabek et al. 2004, with Serf's height).
+
+    ``vec`` is the Euclidean part in milliseconds, ``height`` models the
+    access-link latency every path from this node pays, ``adjustment`` is
+    Serf's per-node offset, ``error`` the node's confidence (lower is better).
+    """
+
+    vec: Annotated[tuple[FiniteFloat, ...], msgspec.Meta(max_length=COORDINATE_DIMENSIONS_MAX)]
+    error: FiniteFloat
+    adjustment: FiniteFloat
+    height: FiniteFloat
+
+
+# -- stream handshake -------------------------------------------------------
+
+
+class Hello(msgspec.Struct, frozen=True, tag=TAGS.HELLO, forbid_unknown_fields=True):
+    """First frame each way on every stream.
+
+    ``role`` is ``node`` for a federation member (its TLS certificate must
+    name ``node_id``) or ``client`` for an API client (it must also carry the
+    cluster's client ``token``).
+    """
+
+    protocol_min: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+    protocol_max: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+    role: Literal["node", "client"]
+    node_id: NodeId
+    address: Annotated[str, msgspec.Meta(max_length=ADDRESS_CHARS_MAX)] = ""
+    token: Annotated[str, msgspec.Meta(max_length=TOKEN_CHARS_MAX)] = ""
+
+
+class Goodbye(msgspec.Struct, frozen=True, tag=TAGS.GOODBYE, forbid_unknown_fields=True):
+    """Sent before closing a stream on purpose, with the reason."""
+
+    reason: Annotated[str, msgspec.Meta(max_length=REASON_CHARS_MAX)]
+
+
+# -- membership: gossip items (piggybacked on probes) -------------------------
+
+
+class Alive(msgspec.Struct, frozen=True, tag=TAGS.ALIVE, forbid_unknown_fields=True):
+    """``node_id`` is alive at ``incarnation``, reachable at ``address``."""
+
+    node_id: NodeId
+    incarnation: Incarnation
+    address: Address
+    labels: Labels = {}
+    cpus: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
+
+
+class Suspect(msgspec.Struct, frozen=True, tag=TAGS.SUSPECT, forbid_unknown_fields=True):
+    """``from_id`` suspects ``node_id`` at ``incarnation``."""
+
+    node_id: NodeId
+    incarnation: Incarnation
+    from_id: NodeId
+
+
+class Dead(msgspec.Struct, frozen=True, tag=TAGS.DEAD, forbid_unknown_fields=True):
+    """``node_id`` is dead at ``incarnation``; ``from_id == node_id`` means it left."""
+
+    node_id: NodeId
+    incarnation: Incarnation
+    from_id: NodeId
+
+
+class CoordinateUpdate(
+    msgspec.Struct, frozen=True, tag=TAGS.COORDINATE_UPDATE, forbid_unknown_fields=True
+):
+    """``node_id``'s current Vivaldi coordinate, spread by gossip."""
+
+    node_id: NodeId
+    coordinate: Coordinate
+
+
+GossipItem = Union[Alive, Suspect, Dead, CoordinateUpdate]
+GossipItems = Annotated[tuple[GossipItem, ...], msgspec.Meta(max_length=GOSSIP_COUNT_MAX)]
+
+
+# -- membership: probes and state exchange -------------------------------------
+
+
+class Ping(msgspec.Struct, frozen=True, tag=TAGS.PING, forbid_unknown_fields=True):
+    """SWIM direct probe. The target answers ``Ack`` with the same ``seq``."""
+
+    seq: Sequence
+    target_id: NodeId
+    source_id: NodeId
+    source_address: Address
+    coordinate: Coordinate | None = None
+    gossip: GossipItems = ()
+
+
+class IndirectPing(msgspec.Struct, frozen=True, tag=TAGS.INDIRECT_PING, forbid_unknown_fields=True):
+    """Ask the receiver to probe ``target`` for ``source`` (SWIM ping-req).
+
+    With ``want_nack`` the helper answers ``Nack`` if the target stays silent,
+    so the source can tell its own slowness from the target's (Lifeguard).
+    """
+
+    seq: Sequence
+    target_id: NodeId
+    target_address: Address
+    source_id: NodeId
+    source_address: Address
+    want_nack: bool = True
+    gossip: GossipItems = ()
+
+
+class Ack(msgspec.Struct, frozen=True, tag=TAGS.ACK, forbid_unknown_fields=True):
+    """Answer to ``Ping`` (or forwarded answer to ``IndirectPing``)."""
+
+    seq: Sequence
+    source_id: NodeId
+    coordinate: Coordinate | None = None
+    gossip: GossipItems = ()
+
+
+class Nack(msgspec.Struct, frozen=True, tag=TAGS.NACK, forbid_unknown_fields=True):
+    """An indirect-probe helper heard nothing from the target in time."""
+
+    seq: Sequence
+    source_id: NodeId
+
+
+class MemberState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One member as carried by push-pull: the full gossip state of a node."""
+
+    node_id: NodeId
+    address: Address
+    incarnation: Incarnation
+    state: Literal["alive", "suspect", "dead", "left"]
+    labels: Labels = {}
+    cpus: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
+    coordinate: Coordinate | None = None
+
+
+class PushPull(msgspec.Struct, frozen=True, tag=TAGS.PUSH_PULL, forbid_unknown_fields=True):
+    """Full state exchange (anti-entropy): on join and periodically."""
+
+    source_id: NodeId
+    source_address: Address
+    join: bool
+    reply_wanted: bool
+    states: Annotated[tuple[MemberState, ...], msgspec.Meta(max_length=MEMBERS_COUNT_MAX)]
+
+
+class Gossip(msgspec.Struct, frozen=True, tag=TAGS.GOSSIP, forbid_unknown_fields=True):
+    """Gossip items sent on their own, on the gossip interval."""
+
+    source_id: NodeId
+    gossip: GossipItems
+
+
+# -- client requests -------------------------------------------------------------
+
+
+class MembersRequest(msgspec.Struct, frozen=True, tag=TAGS.MEMBERS_REQUEST, forbid_unknown_fields=True):
+    """A client asks a node for its view of the membership."""
+
+    request_id: Sequence
+
+
+class MemberInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One member as a client sees it."""
+
+    node_id: NodeId
+    address: Address
+    state: Literal["alive", "suspect", "dead", "left"]
+    incarnation: Incarnation
+    labels: Labels
+    cpus: int
+    rtt_ms: float | None
+    coordinate: Coordinate | None
+
+
+class MembersReply(msgspec.Struct, frozen=True, tag=TAGS.MEMBERS_REPLY, forbid_unknown_fields=True):
+    """The answering node's view of the membership."""
+
+    request_id: Sequence
+    node_id: NodeId
+    members: Annotated[tuple[MemberInfo, ...], msgspec.Meta(max_length=MEMBERS_COUNT_MAX)]
+
+
+class ErrorReply(msgspec.Struct, frozen=True, tag=TAGS.ERROR_REPLY, forbid_unknown_fields=True):
+    """A request failed; ``kind`` names the typed client error to raise."""
+
+    request_id: Sequence
+    kind: Annotated[str, msgspec.Meta(max_length=64)]
+    message: Annotated[str, msgspec.Meta(max_length=REASON_CHARS_MAX)]
+
+
+MembershipMessage = Union[Ping, IndirectPing, Ack, Nack, PushPull, Gossip]
+Message = Union[
+    Hello,
+    Goodbye,
+    Ping,
+    IndirectPing,
+    Ack,
+    Nack,
+    PushPull,
+    Gossip,
+    MembersRequest,
+    MembersReply,
+    ErrorReply,
+]
+MEMBERSHIP_MESSAGE_TYPES: Final = (Ping, IndirectPing, Ack, Nack, PushPull, Gossip)
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder(Message)
+
+
+def encode(message: Message) -> bytes:
+    """Encode one message body (no frame header)."""
+    body = _encoder.encode(message)
+    if len(body) > FRAME_BYTES_MAX:
+        raise LocalProtocolError(
+            f"{type(message).__name__} encodes to {len(body)} bytes, over FRAME_BYTES_MAX={FRAME_BYTES_MAX}"
+        )
+    return body
+
+
+def encode_frame(message: Message) -> bytes:
+    """Encode one message with its 4-byte length header."""
+    body = encode(message)
+    return len(body).to_bytes(FRAME_HEADER_BYTES, "big") + body
+
+
+def decode(body: bytes) -> Message:
+    """Decode one message body; anything malformed raises RemoteProtocolError."""
+    if len(body) > FRAME_BYTES_MAX:
+        raise RemoteProtocolError(f"frame of {len(body)} bytes is over FRAME_BYTES_MAX={FRAME_BYTES_MAX}")
+    try:
+        return _decoder.decode(body)
+    except msgspec.DecodeError as error:  # ValidationError is a subclass
+        raise RemoteProtocolError(f"malformed message: {error}") from error
+
+
+def frame_length(header: bytes) -> int:
+    """Read a frame header; a length over the cap raises RemoteProtocolError."""
+    assert len(header) == FRAME_HEADER_BYTES
+    length = int.from_bytes(header, "big")
+    if length > FRAME_BYTES_MAX:
+        raise RemoteProtocolError(f"frame header announces {length} bytes, over FRAME_BYTES_MAX={FRAME_BYTES_MAX}")
+    return length
+
+
+def negotiate_version(peer_min: int, peer_max: int) -> int:
+    """The highest protocol version both sides speak; RemoteProtocolError if none."""
+    version = min(PROTOCOL_VERSION_MAX, peer_max)
+    if version < max(PROTOCOL_VERSION_MIN, peer_min):
+        raise RemoteProtocolError(
+            f"no common protocol version: we speak {PROTOCOL_VERSION_MIN}..{PROTOCOL_VERSION_MAX}, "
+            f"peer speaks {peer_min}..{peer_max}"
+        )
+    return version
