@@ -23,7 +23,7 @@ could have sent wrong.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal, Union
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -165,7 +165,7 @@ class CoordinateUpdate(
     coordinate: Coordinate
 
 
-GossipItem = Union[Alive, Suspect, Dead, CoordinateUpdate]
+GossipItem = Alive | Suspect | Dead | CoordinateUpdate
 GossipItems = Annotated[tuple[GossipItem, ...], msgspec.Meta(max_length=GOSSIP_COUNT_MAX)]
 
 
@@ -282,24 +282,24 @@ class ErrorReply(msgspec.Struct, frozen=True, tag=TAGS.ERROR_REPLY, forbid_unkno
     message: Annotated[str, msgspec.Meta(max_length=REASON_CHARS_MAX)]
 
 
-MembershipMessage = Union[Ping, IndirectPing, Ack, Nack, PushPull, Gossip]
-Message = Union[
-    Hello,
-    Goodbye,
-    Ping,
-    IndirectPing,
-    Ack,
-    Nack,
-    PushPull,
-    Gossip,
-    MembersRequest,
-    MembersReply,
-    ErrorReply,
-]
+MembershipMessage = Ping | IndirectPing | Ack | Nack | PushPull | Gossip
+Message = (
+    Hello
+    | Goodbye
+    | Ping
+    | IndirectPing
+    | Ack
+    | Nack
+    | PushPull
+    | Gossip
+    | MembersRequest
+    | MembersReply
+    | ErrorReply
+)
 MEMBERSHIP_MESSAGE_TYPES: Final = (Ping, IndirectPing, Ack, Nack, PushPull, Gossip)
 
 _encoder: Final = msgspec.msgpack.Encoder()
-_decoder: Final = msgspec.msgpack.Decoder(Message)
+_decoder: Final[msgspec.msgpack.Decoder[Message]] = msgspec.msgpack.Decoder(Message)
 
 
 def encode(message: Message) -> bytes:
