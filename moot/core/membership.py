@@ -48,7 +48,7 @@ from moot.core.awareness import Awareness
 from moot.core.broadcast_queue import BroadcastQueue
 from moot.core.membership_config import MembershipConfig
 from moot.core.suspicion import Suspicion
-from moot.core.vivaldi import Vivaldi, estimate_rtt_ms, is_valid
+from moot.core.vivaldi import Vivaldi, estimate_rtt_ms, is_compatible, is_valid
 
 if TYPE_CHECKING:
     import random
@@ -501,7 +501,7 @@ class Membership:
         if ack.coordinate is not None and target is not None:
             # A direct ack: the RTT sample is ours to learn from.
             rtt_ms = max(0, now_ms - probe.started_ms)
-            if is_valid(ack.coordinate):
+            if self._acceptable(ack.coordinate):
                 target.coordinate = ack.coordinate
                 # Clocks tick in whole milliseconds: a sub-millisecond RTT reads 0.
                 self._vivaldi.observe(target.node_id, ack.coordinate, float(max(rtt_ms, 1)))
@@ -662,7 +662,7 @@ class Membership:
         self._event(now_ms, "left" if left else "dead", member)
 
     def _coordinate_update(self, update: wire.CoordinateUpdate) -> None:
-        if update.node_id == self.node_id or not is_valid(update.coordinate):
+        if update.node_id == self.node_id or not self._acceptable(update.coordinate):
             return
         member = self._members.get(update.node_id)
         if member is None or member.coordinate == update.coordinate:
@@ -784,7 +784,7 @@ class Membership:
                 )
             if state.coordinate is not None and state.node_id != self.node_id:
                 member = self._members.get(state.node_id)
-                if member is not None and member.coordinate is None and is_valid(state.coordinate):
+                if member is not None and member.coordinate is None and self._acceptable(state.coordinate):
                     member.coordinate = state.coordinate
 
     # -- housekeeping --------------------------------------------------------------
@@ -817,6 +817,10 @@ class Membership:
         if len(members) <= count:
             return list(members)
         return self._rng.sample(members, count)
+
+    def _acceptable(self, coordinate: wire.Coordinate) -> bool:
+        """A peer's coordinate we can compute with (valid, our dimensionality)."""
+        return is_valid(coordinate) and is_compatible(coordinate, self._vivaldi.coordinate)
 
     def _set_state(self, member: _Member, state: MemberState, now_ms: int) -> None:
         was_counted = member.state in ("alive", "suspect")

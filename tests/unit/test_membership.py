@@ -13,7 +13,7 @@ import pytest
 
 from moot.core import wire
 from moot.core.broadcast_queue import BroadcastQueue
-from moot.core.membership import Membership, MemberEvent, Output
+from moot.core.membership import MemberEvent, Membership, Output
 from moot.core.membership_config import MembershipConfig
 from moot.core.suspicion import Suspicion
 
