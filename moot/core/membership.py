@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Literal
 from moot.core import wire
 from moot.core.awareness import Awareness
 from moot.core.broadcast_queue import BroadcastQueue
+from moot.core.member_table import MemberTable
 from moot.core.membership_config import MembershipConfig
 from moot.core.suspicion import Suspicion
 from moot.core.vivaldi import Vivaldi, estimate_rtt_ms, is_compatible, is_valid
@@ -119,6 +120,34 @@ class _Member:
     coordinate: wire.Coordinate | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SharedMembers:
+    """A bootstrapped membership many simulated nodes share copy-on-write."""
+
+    records: dict[str, _Member]
+    ids: list[str]
+
+    @classmethod
+    def of(cls, members: Sequence[wire.Alive], now_ms: int) -> SharedMembers:
+        """All ``members`` alive, as if every node had already joined.
+
+        Every node built on it counts all of them alive, itself included.
+        """
+        records = {
+            alive.node_id: _Member(
+                node_id=alive.node_id,
+                address=alive.address,
+                incarnation=alive.incarnation,
+                state="alive",
+                labels=dict(alive.labels),
+                cpus=alive.cpus,
+                state_changed_ms=now_ms,
+            )
+            for alive in members
+        }
+        return cls(records, list(records))
+
+
 @dataclass(slots=True)
 class _Probe:
     """The probe under way in the current period."""
@@ -158,12 +187,16 @@ class Membership:
         rng: random.Random,
         now_ms: int,
         incarnation: int = 0,
+        shared_members: SharedMembers | None = None,
     ) -> None:
         """Start a node's view holding only itself.
 
         ``incarnation`` is the last incarnation this node id persisted (0 if
         never); the node starts at one more, so a restarted node outranks any
         rumour about its previous life. The first ``Output`` asks to persist it.
+
+        ``shared_members`` (simulator only) starts the view from a bootstrapped
+        membership shared, copy-on-write, by many simulated nodes.
         """
         config.validate()
         assert node_id
@@ -175,17 +208,25 @@ class Membership:
         self._rng = rng
         self._awareness = Awareness(config.awareness_max_multiplier)
         self._vivaldi = Vivaldi(config.vivaldi, rng)
-        self._members: dict[str, _Member] = {
-            node_id: _Member(
-                node_id=node_id,
-                address=address,
-                incarnation=incarnation + 1,
-                state="alive",
-                labels=dict(labels or {}),
-                cpus=cpus,
-                state_changed_ms=now_ms,
-            )
-        }
+        self._members: MemberTable[_Member] = MemberTable(
+            shared_members.records if shared_members else None,
+            shared_members.ids if shared_members else None,
+        )
+        me = _Member(
+            node_id=node_id,
+            address=address,
+            incarnation=incarnation + 1,
+            state="alive",
+            labels=dict(labels or {}),
+            cpus=cpus,
+            state_changed_ms=now_ms,
+        )
+        if self._members.get(node_id) is None:
+            self._members.add(me)
+        else:
+            mine = self._members.writable(node_id)
+            mine.incarnation = max(mine.incarnation, me.incarnation)
+            mine.state_changed_ms = now_ms
         self._suspicions: dict[str, Suspicion] = {}
         self._broadcasts: BroadcastQueue[wire.GossipItem] = BroadcastQueue(BROADCAST_ITEMS_MAX)
         self._coordinate_broadcasts: BroadcastQueue[wire.GossipItem] = BroadcastQueue(COORDINATE_ITEMS_MAX)
@@ -203,10 +244,12 @@ class Membership:
         self._next_join_ms: int | None = None
         self._next_coordinate_ms = now_ms + config.coordinate_gossip_interval_ms
         self._next_reap_ms = now_ms + config.gossip_to_the_dead_ms
-        self._alive_count = 1
-        self._member_ids: list[str] = []  # every member but us, for O(1) random picks
-        self._out = Output(incarnation=incarnation + 1)
-        self._broadcast_alive(self._members[node_id])
+        self._alive_count = len(self._members) if shared_members is not None else 1
+        if shared_members is not None:
+            self._reshuffle_probe_order()
+            self._probe_index = self._rng.randrange(max(1, len(self._probe_order)))
+        self._out = Output(incarnation=self._self.incarnation)
+        self._broadcast_alive(self._self)
 
     # -- public API ------------------------------------------------------------
 
@@ -399,6 +442,7 @@ class Membership:
         for _ in range(len(self._probe_order) + 1):
             if self._probe_index >= len(self._probe_order):
                 self._reshuffle_probe_order()
+                self._probe_index = 0
                 if not self._probe_order:
                     return None
             node_id = self._probe_order[self._probe_index]
@@ -409,11 +453,11 @@ class Membership:
         return None
 
     def _reshuffle_probe_order(self) -> None:
-        candidates = sorted(
-            node_id
-            for node_id, member in self._members.items()
-            if node_id != self.node_id and member.state in ("alive", "suspect")
-        )
+        candidates = [
+            member.node_id
+            for member in self._members.values()
+            if member.node_id != self.node_id and member.state in ("alive", "suspect")
+        ]
         self._rng.shuffle(candidates)
         self._probe_order = candidates
         self._probe_index = 0
@@ -502,6 +546,7 @@ class Membership:
             # A direct ack: the RTT sample is ours to learn from.
             rtt_ms = max(0, now_ms - probe.started_ms)
             if self._acceptable(ack.coordinate):
+                target = self._members.writable(probe.target_id)
                 target.coordinate = ack.coordinate
                 # Clocks tick in whole milliseconds: a sub-millisecond RTT reads 0.
                 self._vivaldi.observe(target.node_id, ack.coordinate, float(max(rtt_ms, 1)))
@@ -585,8 +630,7 @@ class Membership:
                 cpus=alive.cpus,
                 state_changed_ms=now_ms,
             )
-            self._members[alive.node_id] = member
-            self._member_ids.append(alive.node_id)
+            self._members.add(member)
             self._alive_count += 1
             self._insert_probe_target(alive.node_id)
             self._broadcast_alive(member)
@@ -594,6 +638,7 @@ class Membership:
             return
         if alive.incarnation <= member.incarnation:
             return
+        member = self._members.writable(alive.node_id)
         was = member.state
         metadata_changed = (
             alive.address != member.address or alive.labels != member.labels or alive.cpus != member.cpus
@@ -628,6 +673,7 @@ class Membership:
             return
         if member.state != "alive":
             return
+        member = self._members.writable(suspect.node_id)
         member.incarnation = suspect.incarnation
         self._set_state(member, "suspect", now_ms)
         count = self.alive_count()
@@ -655,6 +701,7 @@ class Membership:
                 self._refute(dead.incarnation)
             return
         left = dead.from_id == dead.node_id
+        member = self._members.writable(dead.node_id)
         member.incarnation = dead.incarnation
         self._set_state(member, "left" if left else "dead", now_ms)
         self._suspicions.pop(dead.node_id, None)
@@ -667,7 +714,7 @@ class Membership:
         member = self._members.get(update.node_id)
         if member is None or member.coordinate == update.coordinate:
             return
-        member.coordinate = update.coordinate
+        self._members.writable(update.node_id).coordinate = update.coordinate
         self._coordinate_broadcasts.push(update.node_id, update)
 
     def _refute(self, accused_incarnation: int) -> None:
@@ -785,22 +832,21 @@ class Membership:
             if state.coordinate is not None and state.node_id != self.node_id:
                 member = self._members.get(state.node_id)
                 if member is not None and member.coordinate is None and self._acceptable(state.coordinate):
-                    member.coordinate = state.coordinate
+                    self._members.writable(state.node_id).coordinate = state.coordinate
 
     # -- housekeeping --------------------------------------------------------------
 
     def _reap(self, now_ms: int) -> None:
         cutoff_ms = now_ms - self.config.dead_member_retention_ms
         gone = [
-            node_id
-            for node_id, member in self._members.items()
-            if node_id != self.node_id and member.state in ("dead", "left") and member.state_changed_ms <= cutoff_ms
+            member.node_id
+            for member in self._members.values()
+            if member.node_id != self.node_id
+            and member.state in ("dead", "left")
+            and member.state_changed_ms <= cutoff_ms
         ]
-        if gone:
-            gone_set = dict.fromkeys(gone)
-            self._member_ids = [node_id for node_id in self._member_ids if node_id not in gone_set]
         for node_id in gone:
-            del self._members[node_id]
+            self._members.remove(node_id)
             self._vivaldi.forget(node_id)
             self._broadcasts.discard(node_id)
             self._coordinate_broadcasts.discard(node_id)
@@ -836,13 +882,16 @@ class Membership:
         Small views are scanned; large ones are sampled by random index with
         a bounded number of tries, so a gossip round costs O(count), not O(n).
         """
-        if count <= 0 or not self._member_ids:
+        if count <= 0:
             return []
-        if len(self._member_ids) <= SCAN_MEMBERS_MAX:
-            return self._sample([self._members[i] for i in self._member_ids if accept(self._members[i])], count)
+        if len(self._members) <= SCAN_MEMBERS_MAX:
+            candidates = [m for m in self._members.values() if m.node_id != self.node_id and accept(m)]
+            return self._sample(candidates, count)
         chosen: dict[str, _Member] = {}
         for _ in range(count * 8):
-            member = self._members[self._member_ids[self._rng.randrange(len(self._member_ids))]]
+            member = self._members.random(self._rng)
+            if member is None or member.node_id == self.node_id:
+                continue
             if member.node_id not in chosen and accept(member):
                 chosen[member.node_id] = member
                 if len(chosen) == count:
@@ -851,7 +900,7 @@ class Membership:
 
     @property
     def _self(self) -> _Member:
-        return self._members[self.node_id]
+        return self._members.writable(self.node_id)
 
     def _set_incarnation(self, incarnation: int) -> None:
         me = self._self
