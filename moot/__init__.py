@@ -1,3 +1,56 @@
-"""moot: a federation of equal nodes where no computer is essential."""
+"""moot: a federation of equal nodes where no computer is essential.
+
+>>> import moot
+>>> with moot.local(nodes=3) as federation:
+...     client = federation.client()
+...     print([m.state for m in client.members()])
+
+The public names are imported lazily so that ``moot.core`` (the sans-IO
+protocol code) and the simulator import nothing from the runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from moot.client.client import Client, connect
+    from moot.client.errors import BadRequest, MootError, NoQuorum, Timeout, Unavailable
+    from moot.client.local import LocalFederation, local
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Client": "moot.client.client",
+    "connect": "moot.client.client",
+    "BadRequest": "moot.client.errors",
+    "MootError": "moot.client.errors",
+    "NoQuorum": "moot.client.errors",
+    "Timeout": "moot.client.errors",
+    "Unavailable": "moot.client.errors",
+    "LocalFederation": "moot.client.local",
+    "local": "moot.client.local",
+}
+
+__all__ = [
+    "BadRequest",
+    "Client",
+    "LocalFederation",
+    "MootError",
+    "NoQuorum",
+    "Timeout",
+    "Unavailable",
+    "__version__",
+    "connect",
+    "local",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'moot' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -356,7 +356,6 @@ class Membership:
 
     def tick(self, now_ms: int) -> Output:
         """Run every timer due at or before ``now_ms``."""
-        self._tick_suspicions(now_ms)
         self._tick_relays(now_ms)
         if not self._left:
             self._tick_probe(now_ms)
@@ -382,6 +381,9 @@ class Membership:
         if now_ms >= self._next_reap_ms:
             self._next_reap_ms = now_ms + self.config.gossip_to_the_dead_ms
             self._reap(now_ms)
+        # Last: a failed probe above may have confirmed a suspicion and so
+        # moved its deadline to now or earlier.
+        self._tick_suspicions(now_ms)
         assert self.next_deadline_ms() > now_ms
         return self._flush()
 

@@ -326,6 +326,8 @@ def decode(body: bytes) -> Message:
         return _decoder.decode(body)
     except msgspec.DecodeError as error:  # ValidationError is a subclass
         raise RemoteProtocolError(f"malformed message: {error}") from error
+    except UnicodeDecodeError as error:  # msgspec raises it for a map key that is not UTF-8
+        raise RemoteProtocolError(f"malformed message: {error}") from error
 
 
 def frame_length(header: bytes) -> int:

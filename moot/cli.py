@@ -1,0 +1,210 @@
+"""The ``moot`` command.
+
+Every failure a user can cause (a missing cluster dir, a taken port, a bad
+address) ends with one line saying what to fix and a non-zero exit status,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="moot: a federation of equal nodes where no computer is essential.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+node_app = typer.Typer(help="Run a node.", no_args_is_help=True)
+local_app = typer.Typer(help="A local federation of real node processes on 127.0.0.1.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+app.add_typer(local_app, name="local")
+
+console = Console()
+error_console = Console(stderr=True)
+
+DEFAULT_LOCAL_DIR = Path.home() / ".moot" / "local"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one clear line on stderr; the caller raises the returned Exit."""
+    error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def parse_labels(labels: list[str]) -> dict[str, str]:
+    """``k=v`` strings as a dict; BadParameter on anything else."""
+    result = {}
+    for label in labels:
+        key, separator, value = label.partition("=")
+        if not separator or not key:
+            raise typer.BadParameter(f"label {label!r} is not k=v (for example region=lahore)")
+        result[key] = value
+    return result
+
+
+@app.command()
+def init(directory: Annotated[Path, typer.Option("--dir", help="Directory for the new cluster's CA, token and keys.")]) -> None:
+    """Create a cluster: its CA, client certificate, client token and gossip key."""
+    from moot.runtime import identity
+
+    try:
+        paths = identity.init_cluster(directory)
+    except identity.ClusterError as error:
+        raise fail(str(error)) from None
+    console.print(f"cluster created in [bold]{directory}[/]")
+    console.print(f"  CA certificate  {paths.ca_certificate}")
+    console.print(f"  client token    {paths.token}  (mode 0600; keep it secret)")
+    console.print("start a node:  moot node start --cluster DIR --data-dir DATA --listen 127.0.0.1:7000")
+
+
+@node_app.command("start")
+def node_start(
+    cluster: Annotated[Path, typer.Option(help="The cluster directory made by `moot init`.")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="This node's own data directory.")],
+    listen: Annotated[str, typer.Option(help="HOST:PORT for node-to-node and client traffic (TLS).")],
+    join: Annotated[list[str] | None, typer.Option(help="HOST:PORT of a member to join; repeatable.")] = None,
+    http: Annotated[str | None, typer.Option(help="HOST:PORT for the HTTP API.")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="k=v label, e.g. region=lahore; repeatable.")] = None,
+    cpus: Annotated[int, typer.Option(min=0, help="CPUs this node offers to tasks.")] = 1,
+    profile: Annotated[str, typer.Option(help="Membership profile: lan, wan or local.")] = "lan",
+) -> None:
+    """Start a node and serve until SIGTERM (which leaves gracefully)."""
+    from moot.runtime.logs import configure_logging
+    from moot.runtime.node import NodeOptions, NodeStartError, run_node
+    from moot.runtime.node_state import DataDirError
+
+    configure_logging()
+    options = NodeOptions(
+        cluster_dir=cluster,
+        data_dir=data_dir,
+        listen=listen,
+        join=tuple(join or ()),
+        http=http,
+        labels=parse_labels(label or []),
+        cpus=cpus,
+        profile=profile,
+    )
+    try:
+        run_node(options)
+    except (NodeStartError, DataDirError) as error:
+        raise fail(str(error)) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def members(
+    cluster: Annotated[Path, typer.Option(help="The cluster directory.")],
+    node: Annotated[str, typer.Option(help="HOST:PORT of any node.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show the membership as one node sees it."""
+    import msgspec
+
+    from moot.client.client import connect
+    from moot.client.errors import MootError
+
+    try:
+        with connect([node], cluster=cluster) as client:
+            infos = client.members(node=node)
+    except MootError as error:
+        raise fail(str(error)) from None
+    if as_json:
+        rows = [msgspec.to_builtins(info) for info in infos]
+        for row in rows:
+            row["id"] = row.pop("node_id")
+            row.pop("coordinate", None)
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    console.print(members_table(infos, title=f"members seen by {node}"))
+
+
+def members_table(infos: list[Any], *, title: str) -> Table:
+    """A rich table of MemberInfo rows."""
+    table = Table(title=title)
+    for column in ("id", "address", "state", "incarnation", "labels", "cpus", "rtt (ms)"):
+        table.add_column(column)
+    colours = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "dim"}
+    for info in infos:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(info.labels.items()))
+        rtt = "-" if info.rtt_ms is None else f"{info.rtt_ms:.1f}"
+        table.add_row(
+            info.node_id,
+            info.address,
+            f"[{colours[info.state]}]{info.state}[/]",
+            str(info.incarnation),
+            labels,
+            str(info.cpus),
+            rtt,
+        )
+    return table
+
+
+@local_app.command("up")
+def local_up(
+    nodes: Annotated[int, typer.Option(min=1, max=64, help="How many node processes.")] = 3,
+    directory: Annotated[Path, typer.Option("--dir", help="Where the federation keeps its files.")] = DEFAULT_LOCAL_DIR,
+) -> None:
+    """Start N node processes on 127.0.0.1 that keep running after this command."""
+    from moot.client.local import STATE_FILE, LocalError, LocalFederation
+
+    if (directory / STATE_FILE).exists():
+        raise fail(f"a local federation already runs from {directory}: stop it with `moot local down --dir {directory}`")
+    if directory.exists() and any(directory.iterdir()):
+        raise fail(f"{directory} is not empty: choose an empty --dir or remove it")
+    federation = LocalFederation(nodes, directory=directory, keep_directory=True)
+    try:
+        federation.start()
+    except LocalError as error:
+        federation.stop()
+        raise fail(str(error)) from None
+    console.print(f"{nodes} nodes up; cluster dir [bold]{federation.cluster_dir}[/]")
+    for node in federation.nodes:
+        console.print(f"  node {node.index}  {node.address}  http {node.http_url}")
+    console.print(f"try:  moot members --cluster {federation.cluster_dir} --node {federation.addresses[0]}")
+    console.print(f"stop: moot local down --dir {directory}")
+    if federation._client is not None:  # the processes stay; only our client goes
+        federation._client.close()
+
+
+@local_app.command("down")
+def local_down(
+    directory: Annotated[Path, typer.Option("--dir", help="The directory given to `moot local up`.")] = DEFAULT_LOCAL_DIR,
+) -> None:
+    """Stop the federation that `moot local up` started."""
+    from moot.client.local import LocalError, down
+
+    try:
+        stopped = down(directory)
+    except LocalError as error:
+        raise fail(str(error)) from None
+    console.print(f"stopped {stopped} nodes")
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="Leave the federation running and print how to reach it.")] = False,
+    nodes: Annotated[int, typer.Option(min=3, max=16, help="How many node processes.")] = 5,
+) -> None:
+    """The main job: a local federation losing a node and carrying on."""
+    from moot.demo import run_demo
+
+    code = run_demo(nodes=nodes, keep=keep, console=console)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The Python client: ``moot.connect(addresses, cluster=DIR)``.
+
+A client talks to any node over TLS (the cluster's client certificate plus
+the client token). It runs its own asyncio loop on a background thread, as
+the Dask and Ray clients do, so its API is plain blocking calls usable from
+scripts, notebooks and threads. When the node it talks to stops answering
+it fails over to the next address it knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from moot.client.errors import BadRequest, MootError, Timeout, Unavailable, error_from_reply
+from moot.core import wire
+from moot.runtime import identity
+from moot.runtime.transport import ClientConnection, open_client_connection
+
+T = TypeVar("T")
+
+REQUEST_TIMEOUT_S = 10.0  # a node answers membership requests from memory; 10 s means it is gone
+
+
+class Client:
+    """A connection to a moot federation (see module doc)."""
+
+    def __init__(self, addresses: Sequence[str], *, cluster: str | Path, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        if isinstance(addresses, str):
+            addresses = [addresses]
+        if not addresses:
+            raise BadRequest("connect() needs at least one node address HOST:PORT")
+        try:
+            self.cluster = identity.load_cluster(Path(cluster))
+        except identity.ClusterError as error:
+            raise BadRequest(str(error)) from error
+        self.addresses = list(dict.fromkeys(addresses))
+        self.timeout_s = timeout_s
+        self._request_ids = itertools.count(1)
+        self._connections: dict[str, ClientConnection] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="moot-client", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    # -- public API ------------------------------------------------------------
+
+    def members(self, *, node: str | None = None) -> list[wire.MemberInfo]:
+        """The membership as ``node`` (or any reachable node) sees it."""
+        reply = self._request(lambda request_id: wire.MembersRequest(request_id=request_id), node=node)
+        assert isinstance(reply, wire.MembersReply)
+        return list(reply.members)
+
+    def close(self) -> None:
+        """Close connections and stop the client's loop thread."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._run(self._close_all(), timeout_s=5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _request(self, build: Any, *, node: str | None = None) -> wire.Message:
+        if self._closed:
+            raise Unavailable("this client is closed; call moot.connect() again")
+        candidates = [node] if node is not None else self.addresses
+        errors = []
+        for address in candidates:
+            message = build(next(self._request_ids))
+            try:
+                reply = self._run(self._request_on(address, message), timeout_s=self.timeout_s)
+            except (OSError, ConnectionError, wire.RemoteProtocolError, asyncio.IncompleteReadError, Unavailable) as error:
+                errors.append(f"{address}: {error}")
+                self._run(self._drop(address), timeout_s=5)
+                continue
+            except TimeoutError:
+                self._run(self._drop(address), timeout_s=5)
+                if node is not None:
+                    raise Timeout(f"node {address} did not answer within {self.timeout_s:.0f}s") from None
+                errors.append(f"{address}: no answer within {self.timeout_s:.0f}s")
+                continue
+            if isinstance(reply, wire.ErrorReply):
+                raise error_from_reply(reply.kind, reply.message)
+            return reply
+        raise Unavailable("no node answered: " + "; ".join(errors) + ". Check the addresses and that the nodes run.")
+
+    async def _request_on(self, address: str, message: wire.Message) -> wire.Message:
+        connection = self._connections.get(address)
+        if connection is None or connection.closed:
+            connection = await open_client_connection(address, self.cluster)
+            self._connections[address] = connection
+        return await connection.request(message)
+
+    async def _drop(self, address: str) -> None:
+        connection = self._connections.pop(address, None)
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def _close_all(self) -> None:
+        for address in list(self._connections):
+            await self._drop(address)
+
+    def _run(self, coroutine: Coroutine[Any, Any, T], *, timeout_s: float) -> T:
+        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coroutine, timeout_s), self._loop)
+        try:
+            return future.result()
+        except MootError:
+            raise
+
+
+def connect(addresses: Sequence[str] | str, *, cluster: str | Path) -> Client:
+    """Connect to a federation through any of ``addresses`` (HOST:PORT)."""
+    return Client(addresses if not isinstance(addresses, str) else [addresses], cluster=cluster)

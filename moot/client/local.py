@@ -1,0 +1,359 @@
+"""``moot.local``: a federation of real node processes on 127.0.0.1.
+
+The embedded default, as ``ray.init()`` or ``dask.distributed.LocalCluster``
+give: N real ``moot node`` processes with a fresh cluster CA, each on its own
+port, that a test, a notebook or the demo can kill and restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from moot.runtime import identity
+
+if TYPE_CHECKING:
+    from moot.client.client import Client
+
+START_TIMEOUT_S = 60.0  # nodes importing moot on a busy 2-core machine take a few seconds
+STATE_FILE = "local.json"
+
+
+class LocalError(Exception):
+    """The local federation could not be started or reached."""
+
+
+@dataclass(slots=True)
+class LocalNode:
+    """One node process of a local federation."""
+
+    index: int
+    address: str
+    http_address: str
+    data_dir: Path
+    log_path: Path
+    labels: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        """The node's HTTP base URL."""
+        return f"http://{self.http_address}"
+
+    @property
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.process is not None and self.process.poll() is None
+
+
+class _LocalState(msgspec.Struct):
+    cluster_dir: str
+    addresses: list[str]
+    http_addresses: list[str]
+    pids: list[int]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free right now on ``host``."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class LocalFederation:
+    """N real node processes on 127.0.0.1 (see module doc).
+
+    Use as a context manager, or call ``start()`` and ``stop()``.
+    """
+
+    def __init__(
+        self,
+        nodes: int = 3,
+        *,
+        directory: str | Path | None = None,
+        labels: Sequence[dict[str, str]] | None = None,
+        cpus: int = 1,
+        profile: str = "local",
+        keep_directory: bool = False,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        if nodes < 1:
+            raise ValueError("a federation needs at least 1 node")
+        if labels is not None and len(labels) != nodes:
+            raise ValueError(f"labels has {len(labels)} entries for {nodes} nodes")
+        self._owns_directory = directory is None and not keep_directory
+        self.directory = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="moot-local-"))
+        self.cluster_dir = self.directory / "cluster"
+        self.cpus = cpus
+        self.profile = profile
+        self.extra_env = dict(extra_env or {})
+        self.nodes: list[LocalNode] = []
+        self._count = nodes
+        self._labels = [dict(x) for x in labels] if labels is not None else [{} for _ in range(nodes)]
+        self._client: Client | None = None
+
+    # -- properties -------------------------------------------------------------
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every node's ``--listen`` address."""
+        return [node.address for node in self.nodes]
+
+    @property
+    def http_urls(self) -> list[str]:
+        """Every node's HTTP base URL."""
+        return [node.http_url for node in self.nodes]
+
+    @property
+    def token(self) -> str:
+        """The cluster's client token."""
+        return (self.cluster_dir / "token").read_text().strip()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self, *, wait: bool = True) -> LocalFederation:
+        """Create the cluster, start every node, and wait until all see each other."""
+        identity.init_cluster(self.cluster_dir)
+        ports = free_ports(2 * self._count)
+        for index in range(self._count):
+            node_dir = self.directory / f"node-{index}"
+            self.nodes.append(
+                LocalNode(
+                    index=index,
+                    address=f"127.0.0.1:{ports[2 * index]}",
+                    http_address=f"127.0.0.1:{ports[2 * index + 1]}",
+                    data_dir=node_dir,
+                    log_path=self.directory / f"node-{index}.log",
+                    labels=self._labels[index],
+                )
+            )
+        for node in self.nodes:
+            self._spawn(node)
+        self._write_state()
+        if wait:
+            self.wait_until(lambda infos: self._all_alive(infos, len(self.nodes)), what=f"{len(self.nodes)} nodes to see each other alive")
+        return self
+
+    def stop(self) -> None:
+        """Stop every node gracefully (SIGTERM), then forcefully if it lingers."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        for node in self.nodes:
+            if node.alive:
+                assert node.process is not None
+                node.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            if node.process.poll() is None:
+                node.process.kill()
+                node.process.wait()
+        if self._owns_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def kill(self, index: int) -> None:
+        """SIGKILL node ``index``: no goodbye, as a crash or power loss."""
+        node = self.nodes[index]
+        if node.process is not None and node.alive:
+            node.process.kill()
+            node.process.wait()
+
+    def terminate(self, index: int) -> None:
+        """SIGTERM node ``index``: it leaves gracefully."""
+        node = self.nodes[index]
+        if node.process is not None and node.alive:
+            node.process.send_signal(signal.SIGTERM)
+            node.process.wait(timeout=30)
+
+    def restart(self, index: int) -> None:
+        """Start node ``index`` again on the same data dir and address."""
+        node = self.nodes[index]
+        if node.alive:
+            self.kill(index)
+        self._spawn(node)
+        self._write_state()
+
+    def client(self) -> Client:
+        """A client connected to this federation (shared; closed by ``stop``)."""
+        if self._client is None:
+            from moot.client.client import connect
+
+            self._client = connect(self.addresses, cluster=self.cluster_dir)
+        return self._client
+
+    def __enter__(self) -> LocalFederation:
+        if not self.nodes:
+            try:
+                self.start()
+            except BaseException:
+                self.stop()
+                raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- waiting ---------------------------------------------------------------------
+
+    def views(self) -> dict[int, list[Any]]:
+        """Each live node's membership view (node index -> MemberInfo list)."""
+        client = self.client()
+        result = {}
+        for node in self.nodes:
+            if node.alive:
+                with contextlib.suppress(Exception):
+                    result[node.index] = list(client.members(node=node.address))
+        return result
+
+    def wait_until(
+        self,
+        predicate: Callable[[dict[int, list[Any]]], bool],
+        *,
+        what: str,
+        timeout_s: float = START_TIMEOUT_S,
+    ) -> dict[int, list[Any]]:
+        """Poll every live node's view until ``predicate`` holds, with a deadline."""
+        deadline = time.monotonic() + timeout_s
+        views: dict[int, list[Any]] = {}
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if node.process is not None and node.process.poll() not in (None, -signal.SIGKILL, -signal.SIGTERM, 0):
+                    raise LocalError(f"node {node.index} exited with {node.process.returncode}; see {node.log_path}")
+            views = self.views()
+            if views and predicate(views):
+                return views
+            time.sleep(0.1)  # polling a condition with a deadline
+        raise LocalError(f"timed out after {timeout_s:.0f}s waiting for {what}; logs in {self.directory}")
+
+    @staticmethod
+    def _all_alive(views: dict[int, list[Any]], count: int) -> bool:
+        return len(views) == count and all(
+            sum(1 for info in infos if info.state == "alive") == count for infos in views.values()
+        )
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _spawn(self, node: LocalNode) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "moot",
+            "node",
+            "start",
+            "--cluster",
+            str(self.cluster_dir),
+            "--data-dir",
+            str(node.data_dir),
+            "--listen",
+            node.address,
+            "--http",
+            node.http_address,
+            "--cpus",
+            str(self.cpus),
+            "--profile",
+            self.profile,
+        ]
+        for key, value in node.labels.items():
+            command += ["--label", f"{key}={value}"]
+        for other in self.nodes:
+            if other.index != node.index:
+                command += ["--join", other.address]
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        log = open(node.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        try:
+            node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        finally:
+            log.close()
+
+    def _write_state(self) -> None:
+        state = _LocalState(
+            cluster_dir=str(self.cluster_dir),
+            addresses=self.addresses,
+            http_addresses=[node.http_address for node in self.nodes],
+            pids=[node.process.pid if node.process is not None else 0 for node in self.nodes],
+        )
+        (self.directory / STATE_FILE).write_bytes(msgspec.json.encode(state))
+
+
+def local(nodes: int = 3, **options: Any) -> LocalFederation:
+    """Start ``nodes`` real node processes on 127.0.0.1 (a context manager).
+
+    >>> with moot.local(nodes=3) as federation:
+    ...     print(federation.client().members())
+    """
+    return LocalFederation(nodes, **options)
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    """The state file ``moot local up`` wrote in ``directory``."""
+    path = directory / STATE_FILE
+    if not path.exists():
+        raise LocalError(f"no local federation in {directory}: start one with `moot local up`")
+    state = msgspec.json.decode(path.read_bytes(), type=_LocalState)
+    return msgspec.structs.asdict(state)
+
+
+def down(directory: Path) -> int:
+    """Stop the federation ``moot local up`` started in ``directory``; returns nodes stopped."""
+    state = read_state(directory)
+    stopped = 0
+    for pid in state["pids"]:
+        if pid <= 0:
+            continue
+        try:
+            os.kill(pid, signal.SIGTERM)
+            stopped += 1
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + 10
+    for pid in state["pids"]:
+        while pid > 0 and time.monotonic() < deadline and _pid_alive(pid):
+            time.sleep(0.05)  # polling the process table with a deadline
+        if pid > 0 and _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    (directory / STATE_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (our own exited child) still answers kill(0): check its state.
+    with contextlib.suppress(OSError):
+        status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        return status != "Z"
+    return True

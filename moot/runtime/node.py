@@ -1,0 +1,346 @@
+"""The node process: drives the protocol cores over the TLS transport.
+
+One asyncio loop per node. The cores decide (synchronously, no await); this
+module carries out their effects in contract order: persist, send, notify.
+Timers are one loop task that sleeps until the cores' next deadline or until
+a message wakes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from moot.core import wire
+from moot.core.membership import Membership, MemberView, Output
+from moot.core.membership_config import MembershipConfig
+from moot.runtime import identity
+from moot.runtime.logs import get_logger, log_event
+from moot.runtime.node_state import NodeState
+from moot.runtime.transport import Peer, Transport, TransportConfig
+
+LEAVE_DRAIN_MS_MAX = 2_000  # how long a graceful leave waits for its gossip to go out
+EVENTS_KEPT_MAX = 1_000  # membership events kept in memory for the API
+
+
+class NodeStartError(Exception):
+    """The node cannot start; the message is one line saying what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOptions:
+    """Everything ``moot node start`` takes."""
+
+    cluster_dir: Path
+    data_dir: Path
+    listen: str
+    join: tuple[str, ...] = ()
+    http: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    cpus: int = 1
+    profile: str = "lan"
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split HOST:PORT; ValueError with a clear message if it is not one."""
+    host, separator, port_text = address.rpartition(":")
+    if not separator or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{address!r} is not HOST:PORT (for example 127.0.0.1:7000)")
+    return host.strip("[]"), int(port_text)
+
+
+def monotonic_ms() -> int:
+    """The node's local clock for the cores, in whole milliseconds."""
+    return int(time.monotonic() * 1000)
+
+
+class Node:
+    """A running moot node: membership over the transport, plus its HTTP API."""
+
+    def __init__(self, options: NodeOptions) -> None:
+        self.options = options
+        try:
+            parse_address(options.listen)
+            for address in options.join:
+                parse_address(address)
+            if options.http:
+                parse_address(options.http)
+        except ValueError as error:
+            raise NodeStartError(str(error)) from error
+        try:
+            self.config = MembershipConfig.named(options.profile)
+        except ValueError as error:
+            raise NodeStartError(str(error)) from error
+        try:
+            self.cluster = identity.load_cluster(options.cluster_dir)
+        except identity.ClusterError as error:
+            raise NodeStartError(str(error)) from error
+        self.state = NodeState.open(options.data_dir)
+        self.node_id = self.state.node_id
+        self.log = get_logger(self.node_id)
+        self.membership: Membership | None = None
+        self.transport: Transport | None = None
+        self.events: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._http_runner: web.AppRunner | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT or ``stop()``, then leave gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self._stopping.set)
+        try:
+            async with asyncio.TaskGroup() as group:
+                timers = group.create_task(self._timer_loop())
+                await self._stopping.wait()
+                await self.leave()
+                timers.cancel()
+        finally:
+            await self.close()
+
+    def stop(self) -> None:
+        """Ask ``run`` to leave and return."""
+        self._stopping.set()
+
+    async def start(self) -> None:
+        """Bind the transport and HTTP, then join the federation."""
+        host, _ = parse_address(self.options.listen)
+        paths = identity.issue_node_certificate(
+            self.cluster, self.node_id, [host], self.options.data_dir
+        )
+        self.transport = Transport(
+            node_id=self.node_id,
+            listen_address=self.options.listen,
+            cluster=self.cluster,
+            node_certificate=paths,
+            on_message=self._on_message,
+            config=TransportConfig(),
+            logger=self.log,
+        )
+        try:
+            await self.transport.start()
+        except OSError as error:
+            raise NodeStartError(
+                f"cannot listen on {self.options.listen}: {error.strerror or error}; choose a free --listen address"
+            ) from error
+        now = monotonic_ms()
+        self.membership = Membership(
+            self.config,
+            node_id=self.node_id,
+            address=self.options.listen,
+            labels=self.options.labels,
+            cpus=self.options.cpus,
+            rng=random.Random(),
+            now_ms=now,
+            incarnation=self.state.incarnation,
+        )
+        self._apply(self.membership.join(now, list(self.options.join)))
+        if self.options.http:
+            await self._start_http(self.options.http)
+        log_event(
+            self.log,
+            logging.INFO,
+            "node_started",
+            listen=self.options.listen,
+            http=self.options.http,
+            incarnation=self.membership.incarnation,
+            labels=self.options.labels,
+            cpus=self.options.cpus,
+            profile=self.options.profile,
+        )
+
+    async def leave(self) -> None:
+        """Gossip our leave and give it a bounded time to go out."""
+        if self.membership is None or self.transport is None or self.membership.has_left:
+            return
+        self._apply(self.membership.leave(monotonic_ms()))
+        log_event(self.log, logging.INFO, "node_leaving")
+        deadline = time.monotonic() + LEAVE_DRAIN_MS_MAX / 1000
+        while time.monotonic() < deadline and self.transport.pending_messages() > 0:
+            await asyncio.sleep(0.02)  # polling the send queues with a deadline
+
+    async def close(self) -> None:
+        """Stop serving; safe to call twice."""
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+            self._http_runner = None
+        if self.transport is not None:
+            await self.transport.close()
+            self.transport = None
+
+    # -- the driver ------------------------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        assert self.membership is not None
+        while True:
+            delay_ms = self.membership.next_deadline_ms() - monotonic_ms()
+            if delay_ms > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay_ms / 1000)
+            now = monotonic_ms()
+            if now >= self.membership.next_deadline_ms():
+                self._apply(self.membership.tick(now))
+
+    def _on_message(self, peer: Peer, message: wire.Message) -> None:
+        membership = self.membership
+        if membership is None:
+            return
+        if isinstance(message, wire.MEMBERSHIP_MESSAGE_TYPES):
+            if peer.role != "node":
+                return
+            self._apply(membership.step(monotonic_ms(), message))
+            self._wake.set()  # deadlines may have moved earlier
+        elif isinstance(message, wire.MembersRequest):
+            peer.reply(
+                wire.MembersReply(
+                    request_id=message.request_id, node_id=self.node_id, members=self.member_infos()
+                )
+            )
+        else:
+            request_id = getattr(message, "request_id", 0)
+            peer.reply(
+                wire.ErrorReply(
+                    request_id=request_id,
+                    kind="BadRequest",
+                    message=f"a node does not accept {type(message).__name__} here",
+                )
+            )
+
+    def _apply(self, out: Output) -> None:
+        # Contract order: persist, then send, then notify.
+        if out.incarnation is not None:
+            self.state.save_incarnation(out.incarnation)
+        assert self.transport is not None
+        for send in out.messages:
+            self.transport.send(send.address, send.message)
+        for event in out.events:
+            record = {
+                "kind": event.kind,
+                "node_id": event.node_id,
+                "address": event.address,
+                "incarnation": event.incarnation,
+                "time": time.time(),
+                "observer": self.node_id,
+            }
+            self.events.append(record)
+            if len(self.events) > EVENTS_KEPT_MAX:
+                del self.events[: len(self.events) - EVENTS_KEPT_MAX]
+            log_event(
+                self.log,
+                logging.WARNING if event.kind in ("suspect", "dead") else logging.INFO,
+                f"member_{event.kind}",
+                member=event.node_id,
+                address=event.address,
+                incarnation=event.incarnation,
+            )
+
+    # -- views -----------------------------------------------------------------------
+
+    def member_infos(self) -> tuple[wire.MemberInfo, ...]:
+        """Our membership view in the client wire form."""
+        assert self.membership is not None
+        infos = []
+        for member in self.membership.members():
+            rtt = self.membership.estimate_rtt_ms(member.node_id)
+            infos.append(_member_info(member, None if rtt is None else round(rtt, 3)))
+        return tuple(infos)
+
+    # -- HTTP ----------------------------------------------------------------------
+
+    async def _start_http(self, address: str) -> None:
+        host, port = parse_address(address)
+        app = web.Application(middlewares=[self._auth_middleware])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/api/members", self._api_members)
+        app.router.add_get("/api/events", self._api_events)
+        self._http_runner = web.AppRunner(app, access_log=None)
+        await self._http_runner.setup()
+        site = web.TCPSite(self._http_runner, host, port)
+        try:
+            await site.start()
+        except OSError as error:
+            raise NodeStartError(
+                f"cannot serve HTTP on {address}: {error.strerror or error}; choose a free --http address"
+            ) from error
+
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path != "/healthz":
+            header = request.headers.get("Authorization", "")
+            token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+            if not hmac.compare_digest(token.encode(), self.cluster.token.encode()):
+                return web.json_response(
+                    {
+                        "error": "unauthorized",
+                        "message": "send the cluster token as 'Authorization: Bearer <token>' (the file CLUSTER_DIR/token)",
+                    },
+                    status=401,
+                )
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "node_id": self.node_id})
+
+    async def _api_members(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "node_id": self.node_id,
+                "members": [msgspec_to_builtins(info) for info in self.member_infos()],
+            }
+        )
+
+    async def _api_events(self, request: web.Request) -> web.Response:
+        return web.json_response({"node_id": self.node_id, "events": self.events})
+
+
+def _member_info(member: MemberView, rtt_ms: float | None) -> wire.MemberInfo:
+    return wire.MemberInfo(
+        node_id=member.node_id,
+        address=member.address,
+        state=member.state,
+        incarnation=member.incarnation,
+        labels=member.labels,
+        cpus=member.cpus,
+        rtt_ms=rtt_ms,
+        coordinate=member.coordinate,
+    )
+
+
+def msgspec_to_builtins(value: Any) -> Any:
+    """A msgspec Struct as plain JSON-able Python values."""
+    import msgspec
+
+    return msgspec.to_builtins(value)
+
+
+def run_node(options: NodeOptions) -> None:
+    """Run a node until it is told to stop (the body of ``moot node start``)."""
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # uvloop is optional
+        runner = asyncio.run
+
+    async def main() -> None:
+        node = Node(options)
+        await node.run()
+
+    runner(main())
