@@ -27,8 +27,9 @@ local_app = typer.Typer(help="A local federation of real node processes on 127.0
 app.add_typer(node_app, name="node")
 app.add_typer(local_app, name="local")
 
-console = Console()
-error_console = Console(stderr=True)
+# Wide when piped (CI logs, `make demo | tee`): tables of addresses must not be cut.
+console = Console(width=None if sys.stdout.isatty() else 160)
+error_console = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
 
 DEFAULT_LOCAL_DIR = Path.home() / ".moot" / "local"
 

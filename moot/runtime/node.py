@@ -331,16 +331,16 @@ def msgspec_to_builtins(value: Any) -> Any:
 
 
 def run_node(options: NodeOptions) -> None:
-    """Run a node until it is told to stop (the body of ``moot node start``)."""
-    try:
-        import uvloop
+    """Run a node until it is told to stop (the body of ``moot node start``).
 
-        runner: Any = uvloop.run
-    except ImportError:  # uvloop is optional
-        runner = asyncio.run
+    The stdlib event loop, not uvloop: the transport starts server-side TLS
+    itself on an accepted socket (so a failed handshake can be logged with
+    the peer's address), and under uvloop 0.23 those handshakes stalled until
+    the handshake timeout (measured: a 5-node start took 18 s instead of 3 s).
+    """
 
     async def main() -> None:
         node = Node(options)
         await node.run()
 
-    runner(main())
+    asyncio.run(main())

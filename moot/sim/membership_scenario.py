@@ -9,7 +9,8 @@ A run, all of it a function of ``ScenarioOptions`` (the seed above all):
 2. **Join.** ``n0`` starts at 0 ms; every other node starts at a random
    time in the join window and joins up to two nodes started before it.
    Once all are up, the views must converge (check (c)) within
-   ``join_bound_ms``.
+   ``join_bound_ms``. With ``bootstrap`` (large runs) every node instead
+   starts at 0 ms on one shared membership in which all are alive.
 3. **Safety phase** (``--duration-ms`` long, from the moment the join
    converged): the fault plan (``faults.py``) crashes, restarts and
    partitions; checks (a) and (b) watch every event.
@@ -146,6 +147,8 @@ class ScenarioResult:
     detection_undetermined: int
     false_positives: int
     false_positives_in_clean_run: bool
+    busiest_member: str = ""
+    busiest_member_messages_sent: int = 0
     checks: list[str] = field(default_factory=list)
 
     def report(self) -> list[str]:
@@ -161,7 +164,8 @@ class ScenarioResult:
         lines = [
             f"simulated {self.end_ms} ms: {self.deliveries} deliveries, {self.wakes} wake-ups, "
             f"{self.lost_to_down_nodes} messages lost to down nodes",
-            f"messages per member per second: {per_member:.2f}",
+            f"messages per member per second: {per_member:.2f} (busiest: {self.busiest_member} "
+            f"{self.busiest_member_messages_sent / seconds:.2f})",
             f"join converged after {self.join_converged_ms} ms; liveness converged after "
             f"{self.liveness_converged_ms} ms",
             f"crash detection (time to all know, ms): {detect_text}; crashes checked {self.crashes_checked}, "
@@ -506,6 +510,7 @@ class MembershipScenario:
         checks = self.checks
         detection = checks.detection.stats
         clean = checks.false_positives.clean
+        busiest = max(world.nodes, key=lambda node: (world.network.stats[node.address].messages_sent, -node.index))
         names = ["(a) detection within bound", "(c) convergence after join and after healing",
                  "events agree with members()" if self.options.nodes <= SNAPSHOT_NODES_MAX else "",
                  "(b) no false positives" if clean else "", "persist-before-send audit" if world.audit else ""]
@@ -527,6 +532,8 @@ class MembershipScenario:
             detection_undetermined=detection.undetermined,
             false_positives=len(checks.false_positives.false_positives),
             false_positives_in_clean_run=clean,
+            busiest_member=busiest.node_id,
+            busiest_member_messages_sent=world.network.stats[busiest.address].messages_sent,
             checks=[name for name in names if name],
         )
 
