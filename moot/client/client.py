@@ -117,11 +117,16 @@ class Client:
             await self._drop(address)
 
     def _run(self, coroutine: Coroutine[Any, Any, T], *, timeout_s: float) -> T:
-        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coroutine, timeout_s), self._loop)
+        future = asyncio.run_coroutine_threadsafe(_with_timeout(coroutine, timeout_s), self._loop)
         try:
             return future.result()
         except MootError:
             raise
+
+
+async def _with_timeout(coroutine: Coroutine[Any, Any, T], timeout_s: float) -> T:
+    async with asyncio.timeout(timeout_s):
+        return await coroutine
 
 
 def connect(addresses: Sequence[str] | str, *, cluster: str | Path) -> Client:

@@ -104,6 +104,9 @@ class Node:
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self._stopping.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            # Operators (and we) can ask a stuck node what it is waiting on.
+            loop.add_signal_handler(signal.SIGUSR1, self._dump_tasks)
         try:
             async with asyncio.TaskGroup() as group:
                 timers = group.create_task(self._timer_loop())
@@ -112,6 +115,11 @@ class Node:
                 timers.cancel()
         finally:
             await self.close()
+
+    def _dump_tasks(self) -> None:
+        for task in asyncio.all_tasks():
+            frames = [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack()]
+            log_event(self.log, logging.WARNING, "task_dump", task=task.get_name(), stack=frames)
 
     def stop(self) -> None:
         """Ask ``run`` to leave and return."""
@@ -177,9 +185,11 @@ class Node:
     async def close(self) -> None:
         """Stop serving; safe to call twice."""
         if self._http_runner is not None:
+            log_event(self.log, logging.INFO, "http_closing")
             await self._http_runner.cleanup()
             self._http_runner = None
         if self.transport is not None:
+            log_event(self.log, logging.INFO, "transport_closing")
             await self.transport.close()
             self.transport = None
 
@@ -191,8 +201,12 @@ class Node:
             delay_ms = self.membership.next_deadline_ms() - monotonic_ms()
             if delay_ms > 0:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a
+                # cancellation that races with the wake-up, and the node then
+                # never finished leaving (found: a SIGTERMed node hung).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay_ms / 1000)
+                    async with asyncio.timeout(delay_ms / 1000):
+                        await self._wake.wait()
             now = monotonic_ms()
             if now >= self.membership.next_deadline_ms():
                 self._apply(self.membership.tick(now))

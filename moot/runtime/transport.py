@@ -52,7 +52,7 @@ import random
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal, NoReturn
 
@@ -362,6 +362,33 @@ def _enable_keepalive(writer: asyncio.StreamWriter) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE_COUNT)
 
 
+async def _until_connection_lost(*loops: Coroutine[Any, Any, Any]) -> str:
+    """Run ``loops`` until one ends by ``_ConnectionLost``; stop the others; say why.
+
+    Not ``asyncio.TaskGroup``: on Python 3.11 a TaskGroup whose child fails
+    after the body has finished cancels the parent and never uncancels it, so
+    the parent's later ``asyncio.timeout`` blocks raise CancelledError instead
+    of TimeoutError and its own cancellation can be lost (found: SIGTERMed
+    nodes hung in ``Transport.close``).
+    """
+    tasks = [asyncio.ensure_future(loop) for loop in loops]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        if task.cancelled():
+            continue
+        error = task.exception()
+        if isinstance(error, _ConnectionLost):
+            return str(error)
+        if error is not None:
+            raise error
+    raise AssertionError("connection loops end only by _ConnectionLost")
+
+
 async def _close_writer(
     writer: asyncio.StreamWriter, timeout_s: float, goodbye: str | None = None
 ) -> None:
@@ -577,6 +604,7 @@ class _OutboundPeer:
         loop = asyncio.get_running_loop()
         failures = 0
         while True:
+            self._stop_if_closing()
             await self._wait_for_work()
             try:
                 stream, hello = await _open_stream(
@@ -616,6 +644,7 @@ class _OutboundPeer:
             transport.logger.info(
                 "peer_disconnected", peer=self.address, peer_node=hello.node_id, reason=reason
             )
+            self._stop_if_closing()
             # A connection that dies at once (the peer accepts, then drops us)
             # must not turn into a tight redial loop: keep backing off.
             if loop.time() - started < transport.config.reconnect_backoff_ms_max / 1000:
@@ -624,6 +653,10 @@ class _OutboundPeer:
             else:
                 failures = 0
 
+    def _stop_if_closing(self) -> None:
+        if self.transport.closing:
+            raise asyncio.CancelledError
+
     async def _wait_for_work(self) -> None:
         while not self.queue.frames and not self.delayed:
             self.queue.nonempty.clear()
@@ -631,15 +664,7 @@ class _OutboundPeer:
 
     async def _pump(self, stream: _Stream) -> str:
         """Write until the connection breaks; return why it did."""
-        reasons: list[str] = []
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._watch(stream))
-                group.create_task(self._write(stream))
-        except* _ConnectionLost as lost:
-            reasons.extend(str(error) for error in lost.exceptions)
-        assert reasons, "the pump tasks end only by _ConnectionLost"
-        return reasons[0]
+        return await _until_connection_lost(self._watch(stream), self._write(stream))
 
     async def _watch(self, stream: _Stream) -> NoReturn:
         """Read the receiving side of our own connection: only Goodbye or EOF may come."""
@@ -941,9 +966,21 @@ class Transport:
         for task in self._inbound:
             task.cancel()
             tasks.append(task)
-        await asyncio.gather(*tasks, return_exceptions=True)
+        close_timeout_s = self.config.close_timeout_ms / 1000
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=close_timeout_s)
+            if pending:
+                self.logger.warning(
+                    "transport_close_tasks_pending", tasks=sorted(t.get_name() for t in pending)
+                )
         if self._server is not None:
-            await self._server.wait_closed()
+            # Python 3.11.7's wait_closed also waits for every accepted
+            # connection to detach; bound it so shutdown always finishes.
+            try:
+                async with asyncio.timeout(close_timeout_s):
+                    await self._server.wait_closed()
+            except TimeoutError:
+                self.logger.warning("transport_close_server_timeout", inbound=len(self._inbound))
         self._peers.clear()
         self.logger.info("transport_closed")
 
@@ -1120,9 +1157,12 @@ class Transport:
             if peer is None:
                 writer.transport.abort()
             else:
-                await _close_writer(
-                    writer, self.config.close_timeout_ms / 1000, goodbye="node shutting down"
-                )
+                try:
+                    await _close_writer(
+                        writer, self.config.close_timeout_ms / 1000, goodbye="node shutting down"
+                    )
+                except asyncio.CancelledError:  # cancelled again while saying goodbye
+                    writer.transport.abort()
         except Exception as error:  # a bug here must not stop the server: log it loudly
             self.logger.error("inbound_connection_failed", exc_info=error, peer=remote)
             writer.transport.abort()
@@ -1184,24 +1224,15 @@ class Transport:
             role=peer.role,
             version=peer.version,
         )
-        reasons: list[str] = []
+        loops = [self._read_loop(peer, reader)]
+        if peer._channel is not None:
+            loops.append(peer._channel.run(writer))
         try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._read_loop(peer, reader))
-                if peer._channel is not None:
-                    group.create_task(peer._channel.run(writer))
-        except* _ConnectionLost as lost:
-            reasons.extend(str(error) for error in lost.exceptions)
+            reason = await _until_connection_lost(*loops)
         finally:
             if peer._channel is not None:
                 peer._channel.queue.close()
-        self.logger.log(
-            level,
-            "peer_closed",
-            peer=remote,
-            peer_node=peer.node_id,
-            reason=reasons[0] if reasons else "",
-        )
+        self.logger.log(level, "peer_closed", peer=remote, peer_node=peer.node_id, reason=reason)
         await _close_writer(writer, close_timeout_s)
 
     async def _accept_hello(

@@ -72,10 +72,13 @@ class LocalClock:
 
     def global_ms_for(self, local_ms: int, not_before_ms: int) -> int:
         """The earliest global time ``>= not_before_ms`` whose local time is ``>= local_ms``."""
-        assert not_before_ms >= 0
         if not self._step_times_ms:
-            # The common case, on every event: no steps, one division.
-            return max(not_before_ms, self._steady_global_ms_for(local_ms))
+            # The common case, on every event: no steps, one division (the
+            # arithmetic of _steady_global_ms_for, inlined).
+            needed = local_ms - self.offset_ms
+            global_ms = -((-needed * PPM) // self._rate) if needed > 0 else 0
+            return global_ms if global_ms > not_before_ms else not_before_ms
+        assert not_before_ms >= 0
         if self.local_ms(not_before_ms) >= local_ms:
             return not_before_ms
         # Walk the (few) steps after not_before: a step may reach the

@@ -46,8 +46,10 @@ class FaultConfig:
     slot_ms_min: int = 1_000
     """Shortest network-condition slot: a partition or a loss burst lasts at least this."""
 
-    slot_ms_max: int = 12_000
-    """Longest network-condition slot."""
+    slot_ms_max: int = 40_000
+    """Longest network-condition slot: long enough that a partition outlasts
+    Lifeguard's longest suspicion timeout (24 s below 10 members), so both
+    sides declare each other dead and must still merge after the heal."""
 
     crashes_max: int = 4
     """Most crash (or leave) events in one safety phase."""

@@ -67,12 +67,12 @@ class NetworkConfig:
 
 
 class EndpointStats:
-    """Traffic counters of one address (bytes only with ``wire_roundtrip``)."""
+    """Traffic counters of one address (bytes only with ``wire_roundtrip``; the
+    world counts deliveries per node)."""
 
     __slots__ = (
         "bytes_received",
         "bytes_sent",
-        "messages_delivered",
         "messages_dropped",
         "messages_sent",
     )
@@ -80,7 +80,6 @@ class EndpointStats:
     def __init__(self) -> None:
         self.messages_sent = 0
         self.bytes_sent = 0
-        self.messages_delivered = 0
         self.bytes_received = 0
         self.messages_dropped = 0
 
@@ -219,10 +218,6 @@ class Network:
         """Decode what arrived at ``destination``; ``wire.RemoteProtocolError`` if it is malformed."""
         self.stats[destination].bytes_received += len(body) + wire.FRAME_HEADER_BYTES
         return wire.decode(body)
-
-    def delivered(self, destination: str) -> None:
-        """Count one copy handed to the node at ``destination``."""
-        self.stats[destination].messages_delivered += 1
 
     def describe(self) -> str:
         """A one-line summary of the current fault settings for the run log."""

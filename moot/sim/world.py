@@ -2,11 +2,14 @@
 
 Rules:
 
-- **One event queue.** A heap of ``(global_ms, seq, kind, node_index, aux,
-  payload)`` tuples: node wake-ups, message deliveries and scheduled actions
-  (faults, joins, checks). ``seq`` is a global counter, so events at the same
-  millisecond run in the order they were scheduled: the run is a pure
-  function of the root seed.
+- **One event queue**, a calendar queue: one bucket (a list) per
+  millisecond that has events, and a heap of those milliseconds. An event is
+  a ``(kind, node_index, aux, payload)`` tuple: a node wake-up, a message
+  delivery or a scheduled action (fault, join, check). Events at the same
+  millisecond run in the order they were scheduled (appending to a bucket
+  keeps it), so the run is a pure function of the root seed. With thousands
+  of nodes many events share a millisecond, so most pushes are a list
+  append instead of a heap push.
 - **Generic over cores.** Any class with ``step(now_ms, message)``,
   ``tick(now_ms)`` and ``next_deadline_ms()`` returning effects with a
   ``messages`` list of ``(address, message)`` sends can be driven (``Core``).
@@ -170,6 +173,7 @@ class SimNode(Generic[CoreT]):
         "disk",
         "epoch",
         "index",
+        "messages_received",
         "node_id",
         "region",
         "starts",
@@ -191,6 +195,7 @@ class SimNode(Generic[CoreT]):
         self.epoch = 0
         self.starts = 0
         self.wake_at_ms = NO_WAKE_MS
+        self.messages_received = 0
 
     def live_core(self) -> CoreT:
         """The running core; the node must be up."""
@@ -265,8 +270,8 @@ class World(Generic[CoreT, EffectsT]):
         self.now_ms = 0
         self.stats = WorldStats()
         self.stop_requested = False
-        self._queue: list[tuple[int, int, int, int, int, Any]] = []
-        self._seq = 0
+        self._buckets: dict[int, list[tuple[int, int, int, Any]]] = {}
+        self._bucket_times: list[int] = []  # heap of the keys of _buckets
         self._wire = network.config.wire_roundtrip
         self._trace_lines: list[str] = []
         self._trace = hashlib.sha256()
@@ -323,17 +328,25 @@ class World(Generic[CoreT, EffectsT]):
     def schedule(self, at_ms: int, label: str, action: Callable[[], None]) -> None:
         """Run ``action`` at global time ``at_ms`` (after events already queued for then)."""
         assert at_ms >= self.now_ms, f"cannot schedule {label} in the past ({at_ms} < {self.now_ms})"
-        self._seq += 1
-        heapq.heappush(self._queue, (at_ms, self._seq, ACTION, -1, 0, (label, action)))
+        self._push(at_ms, (ACTION, -1, 0, (label, action)))
+
+    def _push(self, at_ms: int, event: tuple[int, int, int, Any]) -> None:
+        bucket = self._buckets.get(at_ms)
+        if bucket is None:
+            self._buckets[at_ms] = [event]
+            heapq.heappush(self._bucket_times, at_ms)
+        else:
+            bucket.append(event)
 
     # -- running ------------------------------------------------------------------
 
     def run_until(self, end_ms: int) -> None:
         """Process every event at or before ``end_ms`` (or until ``stop_requested``)."""
         assert end_ms >= self.now_ms
-        queue = self._queue
+        buckets = self._buckets
+        bucket_times = self._bucket_times
+        push = self._push
         nodes = self.nodes
-        pop = heapq.heappop
         network = self.network
         stats = self.stats
         trace = self._trace_lines.append
@@ -343,58 +356,76 @@ class World(Generic[CoreT, EffectsT]):
         kind = ACTION
         index = -1
         try:
-            while queue and queue[0][0] <= end_ms:
-                at_ms, _, kind, index, aux, payload = pop(queue)
+            while bucket_times and bucket_times[0] <= end_ms:
+                at_ms = bucket_times[0]
                 self.now_ms = at_ms
-                processed += 1
-                if processed > EVENTS_PER_RUN_MAX:
-                    raise SimulationLimitError(f"over {EVENTS_PER_RUN_MAX} events before {end_ms} ms")
-                if kind == DELIVER:
-                    node = nodes[index]
-                    if not node.up:
-                        stats.lost_to_down_nodes += 1
-                        trace(f"{at_ms} lost {aux} {index}")
-                        continue
-                    stats.deliveries += 1
-                    message = network.decode(node.address, payload) if self._wire else payload
-                    network.delivered(node.address)
-                    trace(f"{at_ms} deliver {aux} {index} {type(message).__name__}")
-                    if trace_messages:
-                        self._detail(f"    {message!r}")
-                    core = node.core
-                    assert core is not None
-                    effects = core.step(node.clock.local_ms(at_ms), message)
-                    self._carry_out(node, effects)
-                    self._reschedule(node)
-                elif kind == WAKE:
-                    node = nodes[index]
-                    if aux != node.epoch or at_ms != node.wake_at_ms:
-                        continue  # a previous life's, or superseded by an earlier wake-up
-                    node.wake_at_ms = NO_WAKE_MS
-                    stats.wakes += 1
-                    trace(f"{at_ms} wake {index}")
-                    core = node.core
-                    assert core is not None
-                    local_ms = node.clock.local_ms(at_ms)
-                    effects = core.tick(local_ms)
-                    self._carry_out(node, effects)
-                    if node.up:
-                        deadline_ms = core.next_deadline_ms()
-                        if deadline_ms <= local_ms:
-                            raise CoreContractError(
-                                f"{node.node_id}: after tick({local_ms}) next_deadline_ms() is "
-                                f"{deadline_ms}, not in the future"
-                            )
-                        self._wake_at(node, deadline_ms)
-                else:
-                    stats.actions += 1
-                    label, action = payload
-                    trace(f"{at_ms} action {label}")
-                    action()
-                if len(self._trace_lines) >= TRACE_BATCH_LINES:
-                    self._flush_trace()
-                if self.stop_requested:
-                    return
+                bucket = buckets[at_ms]
+                position = 0
+                # Events scheduled for at_ms while it runs are appended to
+                # this same bucket and run in this loop, in order.
+                while position < len(bucket):
+                    kind, index, aux, payload = bucket[position]
+                    position += 1
+                    processed += 1
+                    if processed > EVENTS_PER_RUN_MAX:
+                        raise SimulationLimitError(f"over {EVENTS_PER_RUN_MAX} events before {end_ms} ms")
+                    if kind == DELIVER:
+                        node = nodes[index]
+                        if not node.up:
+                            stats.lost_to_down_nodes += 1
+                            trace(f"{at_ms} lost {aux} {index}")
+                            continue
+                        stats.deliveries += 1
+                        message = network.decode(node.address, payload) if self._wire else payload
+                        node.messages_received += 1
+                        trace(f"{at_ms} deliver {aux} {index} {type(message).__name__}")
+                        if trace_messages:
+                            self._detail(f"    {message!r}")
+                        core = node.core
+                        assert core is not None
+                        effects = core.step(node.clock.local_ms(at_ms), message)
+                        self._carry_out(node, effects)
+                        if node.up:
+                            wake_ms = node.clock.global_ms_for(core.next_deadline_ms(), at_ms)
+                            if wake_ms < node.wake_at_ms:
+                                node.wake_at_ms = wake_ms
+                                push(wake_ms, (WAKE, index, node.epoch, None))
+                    elif kind == WAKE:
+                        node = nodes[index]
+                        if aux != node.epoch or at_ms != node.wake_at_ms:
+                            continue  # a previous life's, or superseded by an earlier wake-up
+                        node.wake_at_ms = NO_WAKE_MS
+                        stats.wakes += 1
+                        trace(f"{at_ms} wake {index}")
+                        core = node.core
+                        assert core is not None
+                        local_ms = node.clock.local_ms(at_ms)
+                        effects = core.tick(local_ms)
+                        self._carry_out(node, effects)
+                        if node.up:
+                            deadline_ms = core.next_deadline_ms()
+                            if deadline_ms <= local_ms:
+                                raise CoreContractError(
+                                    f"{node.node_id}: after tick({local_ms}) next_deadline_ms() is "
+                                    f"{deadline_ms}, not in the future"
+                                )
+                            wake_ms = node.clock.global_ms_for(deadline_ms, at_ms)
+                            if wake_ms < node.wake_at_ms:
+                                node.wake_at_ms = wake_ms
+                                push(wake_ms, (WAKE, index, node.epoch, None))
+                    else:
+                        stats.actions += 1
+                        label, action = payload
+                        trace(f"{at_ms} action {label}")
+                        action()
+                    if len(self._trace_lines) >= TRACE_BATCH_LINES:
+                        self._flush_trace()
+                    if self.stop_requested:
+                        del bucket[:position]  # the rest runs in the next run_until
+                        if not bucket:
+                            self._drop_bucket(at_ms)
+                        return
+                self._drop_bucket(at_ms)
         except SimulationFailure:
             raise
         except Exception as error:
@@ -406,6 +437,11 @@ class World(Generic[CoreT, EffectsT]):
                 f"raised at {frame.filename}:{frame.lineno}: {frame.line}"
             ) from error
         self.now_ms = end_ms
+
+    def _drop_bucket(self, at_ms: int) -> None:
+        assert self._bucket_times[0] == at_ms
+        del self._buckets[at_ms]
+        heapq.heappop(self._bucket_times)
 
     # -- carrying out effects -----------------------------------------------------
 
@@ -427,8 +463,7 @@ class World(Generic[CoreT, EffectsT]):
     def _send_all(self, node: SimNode[CoreT], messages: Sequence[Outgoing]) -> None:
         network = self.network
         index_of = self.index_of
-        queue = self._queue
-        push = heapq.heappush
+        push = self._push
         source = node.address
         source_index = node.index
         now_ms = self.now_ms
@@ -440,8 +475,7 @@ class World(Generic[CoreT, EffectsT]):
                 continue
             payload = network.encode(source, send.message) if self._wire else send.message
             for at_ms in network.route(now_ms, source, address):
-                self._seq += 1
-                push(queue, (at_ms, self._seq, DELIVER, destination, source_index, payload))
+                push(at_ms, (DELIVER, destination, source_index, payload))
 
     def reschedule(self, index: int) -> None:
         """Recompute node ``index``'s wake-up (after its clock changed)."""
@@ -458,8 +492,7 @@ class World(Generic[CoreT, EffectsT]):
         wake_ms = node.clock.global_ms_for(deadline_ms, self.now_ms)
         if wake_ms < node.wake_at_ms:
             node.wake_at_ms = wake_ms
-            self._seq += 1
-            heapq.heappush(self._queue, (wake_ms, self._seq, WAKE, node.index, node.epoch, None))
+            self._push(wake_ms, (WAKE, node.index, node.epoch, None))
 
     # -- trace ------------------------------------------------------------------------
 
@@ -495,4 +528,4 @@ class World(Generic[CoreT, EffectsT]):
     @property
     def pending_events(self) -> int:
         """Events still queued (stale wake-ups included)."""
-        return len(self._queue)
+        return sum(len(bucket) for bucket in self._buckets.values())

@@ -466,3 +466,94 @@ def test_view_tracker_mismatch_count_matches_brute_force(seed: int) -> None:
         elif tracker.up[node]:
             tracker.observed(node, rng.randrange(n), rng.choice((ALIVE, SUSPECT, DEAD, LEFT)))
         assert tracker.mismatches == brute_force_mismatches(tracker)
+
+
+# -- checkers, on synthetic events ---------------------------------------------------------------
+
+
+@dataclass
+class FakeEvent:
+    kind: str
+    node_id: str
+    incarnation: int
+
+
+def make_checks(*, clean: bool = True) -> tuple[Any, list[tuple[int, str, Any]], Network]:
+    from moot.sim.membership_checks import MembershipChecks
+
+    network = make_network()
+    scheduled: list[tuple[int, str, Any]] = []
+    checks = MembershipChecks(
+        ["a", "b", "c"],
+        ["a", "b", "c"],
+        detection_bound_ms=1_000,
+        detection_loss_max=0.2,
+        clean=clean,
+        replay_command="python -m moot.sim membership --seed 42 --nodes 3",
+        schedule=lambda at_ms, label, action: scheduled.append((at_ms, label, action)),
+        snapshot=None,
+        incarnation_of=lambda index: 1,
+    )
+    for index in range(3):
+        checks.started(index)
+    for observer, subject in ((0, "b"), (0, "c"), (1, "a"), (1, "c"), (2, "a"), (2, "b")):
+        checks.events(observer, [FakeEvent("joined", subject, 1)], 0)
+    assert checks.tracker.mismatches == 0
+    return checks, scheduled, network
+
+
+def test_detection_fails_with_the_replay_command_when_an_observer_never_declares() -> None:
+    from moot.sim.membership_checks import CheckFailure
+
+    checks, scheduled, network = make_checks()
+    checks.stopped(2, 100, 1, crashed=True, network=network)
+    checks.events(0, [FakeEvent("dead", "c", 1)], 500)
+    [(at_ms, _, due)] = scheduled
+    assert at_ms == 1_100
+    with pytest.raises(CheckFailure, match=r"(?s)c crashed at 100 ms.*: b\nreplay: python -m moot.sim"):
+        due()
+
+
+def test_detection_is_excused_by_a_partition_or_high_loss_and_done_when_all_declare() -> None:
+    checks, scheduled, network = make_checks()
+    checks.stopped(2, 100, 1, crashed=True, network=network)
+    network.partition([["a", "c"], ["b"]])
+    checks.network_changed(network)  # b is cut off from c: b owes nothing
+    checks.events(0, [FakeEvent("dead", "c", 1)], 700)
+    scheduled[0][2]()  # passes
+    assert checks.detection.stats.time_to_all_know_ms == [600]
+    assert not checks.false_positives.clean  # a partition happened
+
+
+def test_false_positive_fails_a_clean_run_and_is_only_counted_after() -> None:
+    from moot.sim.membership_checks import CheckFailure
+
+    checks, _, network = make_checks()
+    with pytest.raises(CheckFailure, match="false positive"):
+        checks.events(0, [FakeEvent("suspect", "b", 1)], 10)
+    checks, _, network = make_checks()
+    network.set_loss(0.1)
+    checks.network_changed(network)
+    checks.events(0, [FakeEvent("suspect", "b", 1)], 10)
+    assert len(checks.false_positives.false_positives) == 1
+
+
+def test_accusing_a_previous_life_is_not_a_false_positive() -> None:
+    checks, _, network = make_checks()
+    checks.stopped(1, 50, 1, crashed=True, network=network)
+    checks.started(1)
+    checks.events(0, [FakeEvent("dead", "b", 1)], 60)  # about the life that crashed at incarnation 1
+    assert checks.false_positives.false_positives == []
+
+
+def test_convergence_fails_at_its_deadline_naming_the_disagreement() -> None:
+    from moot.sim.membership_checks import CheckFailure
+
+    checks, _, _ = make_checks(clean=False)
+    checks.convergence.arm("liveness", 0, 500)
+    assert checks.convergence.check(100)
+    checks.convergence.arm("liveness", 200, 500)
+    checks.events(0, [FakeEvent("dead", "b", 1)], 200)
+    assert not checks.convergence.check(300)
+    with pytest.raises(CheckFailure, match="a sees b as dead"):
+        checks.convergence.check(500)
