@@ -153,6 +153,7 @@ class _Probe:
     """The probe under way in the current period."""
 
     target_id: str
+    target_incarnation: int
     seq: int
     started_ms: int
     direct_deadline_ms: int
@@ -236,13 +237,14 @@ class Membership:
         self._relays: dict[int, _Relay] = {}
         self._seq = 0
         self._seeds: list[str] = []
-        self._joined = False
+        self._join_attempts = 0
         self._left = False
         self._next_probe_ms = now_ms + self._rng.randrange(config.probe_interval_ms)
         self._next_gossip_ms = now_ms + config.gossip_interval_ms
         self._next_push_pull_ms = now_ms + config.push_pull_interval_ms
         self._next_join_ms: int | None = None
         self._next_coordinate_ms = now_ms + config.coordinate_gossip_interval_ms
+        self._next_reconnect_ms = now_ms + config.reconnect_interval_ms
         self._next_reap_ms = now_ms + config.gossip_to_the_dead_ms
         self._alive_count = len(self._members) if shared_members is not None else 1
         if shared_members is not None:
@@ -306,11 +308,16 @@ class Membership:
         return estimate_rtt_ms(self._vivaldi.coordinate, member.coordinate)
 
     def join(self, now_ms: int, seed_addresses: Sequence[str]) -> Output:
-        """Contact the seeds with a push-pull; retried until one answers."""
+        """Contact the seeds with a push-pull.
+
+        Retried, with backoff, until every seed is a live member of our view:
+        stopping at the first contact can leave a seed whose join messages
+        were lost alone forever (found by the simulator: seed 374).
+        """
         assert not self._left
         self._seeds = [address for address in seed_addresses if address != self.address][:SEEDS_MAX]
+        self._join_attempts = 0
         if self._seeds:
-            self._joined = False
             self._send_join(now_ms)
         return self._flush()
 
@@ -346,6 +353,7 @@ class Membership:
         if not self._left:
             deadlines.append(self._next_probe_ms)
             deadlines.append(self._next_push_pull_ms)
+            deadlines.append(self._next_reconnect_ms)
         if self._probe is not None:
             deadlines.append(self._probe.end_deadline_ms if self._probe.indirect_sent else self._probe.direct_deadline_ms)
         if self._next_join_ms is not None:
@@ -365,11 +373,10 @@ class Membership:
                 self._next_push_pull_ms = now_ms + self.config.push_pull_interval_scaled_ms(self.alive_count())
                 self._send_push_pull(now_ms)
             if self._next_join_ms is not None and now_ms >= self._next_join_ms:
-                if self._alive_count > 1:
-                    # Someone found us, or we them: the federation is joined.
-                    self._next_join_ms = None
-                else:
-                    self._send_join(now_ms)
+                self._send_join(now_ms)
+            if now_ms >= self._next_reconnect_ms:
+                self._next_reconnect_ms = now_ms + self.config.reconnect_interval_ms
+                self._reconnect()
         if now_ms >= self._next_gossip_ms:
             self._next_gossip_ms = now_ms + self.config.gossip_interval_ms
             self._gossip_round(now_ms)
@@ -421,6 +428,7 @@ class Membership:
         timeout_ms = self._awareness.scale_ms(self.config.probe_timeout_ms)
         self._probe = _Probe(
             target_id=target.node_id,
+            target_incarnation=target.incarnation,
             seq=self._seq,
             started_ms=now_ms,
             direct_deadline_ms=now_ms + timeout_ms,
@@ -510,8 +518,11 @@ class Membership:
         target = self._members.get(probe.target_id)
         if target is None or target.state not in ("alive", "suspect"):
             return
+        # Suspect the life we probed: if the member restarted (a higher
+        # incarnation) while our probe was in flight, this rumour is stale
+        # and ignored (found by the simulator: seeds 162, 566).
         self._suspect(
-            now_ms, wire.Suspect(node_id=target.node_id, incarnation=target.incarnation, from_id=self.node_id)
+            now_ms, wire.Suspect(node_id=target.node_id, incarnation=probe.target_incarnation, from_id=self.node_id)
         )
 
     def _on_ping(self, now_ms: int, ping: wire.Ping) -> None:
@@ -642,9 +653,6 @@ class Membership:
             return
         member = self._members.writable(alive.node_id)
         was = member.state
-        metadata_changed = (
-            alive.address != member.address or alive.labels != member.labels or alive.cpus != member.cpus
-        )
         member.incarnation = alive.incarnation
         member.address = alive.address
         member.labels = dict(alive.labels)
@@ -655,10 +663,9 @@ class Membership:
             if was in ("dead", "left"):
                 self._insert_probe_target(alive.node_id)
         self._broadcast_alive(member)
-        if was != "alive":
-            self._event(now_ms, "alive", member)
-        elif metadata_changed:
-            self._event(now_ms, "updated", member)
+        # "updated" also when only the incarnation rose (it refuted a rumour
+        # we never heard): observers tracking incarnations see every change.
+        self._event(now_ms, "alive" if was != "alive" else "updated", member)
 
     def _suspect(self, now_ms: int, suspect: wire.Suspect) -> None:
         member = self._members.get(suspect.node_id)
@@ -766,17 +773,34 @@ class Membership:
     # -- push-pull and join ------------------------------------------------------------
 
     def _send_join(self, now_ms: int) -> None:
-        self._next_join_ms = now_ms + self.config.join_retry_interval_ms
+        known = {m.address for m in self._members.values() if m.state in ("alive", "suspect")}
+        pending = [address for address in self._seeds if address not in known]
+        if not pending:
+            self._next_join_ms = None
+            return
+        backoff = self.config.join_retry_interval_ms * 2 ** min(self._join_attempts, 16)
+        self._next_join_ms = now_ms + min(backoff, self.config.push_pull_interval_ms)
+        self._join_attempts += 1
         message = self._push_pull_message(join=True, reply_wanted=True)
-        for address in self._seeds:
+        for address in pending:
             self._send(address, message)
 
     def _send_push_pull(self, now_ms: int) -> None:
         chosen = self._random_members(1, lambda m: m.state == "alive")
         if chosen:
             self._send(chosen[0].address, self._push_pull_message(join=False, reply_wanted=True))
-        elif self._seeds and not self._joined:
-            self._send_join(now_ms)
+
+    def _reconnect(self) -> None:
+        """Serf's reconnect: push-pull with one member we hold dead.
+
+        If it is in fact alive (we were partitioned from it), the exchange
+        makes each side refute the other's death rumours and the views merge;
+        without it two sides that declared each other dead stay split forever
+        (found by the simulator: seeds 41, 212).
+        """
+        chosen = self._random_members(1, lambda m: m.state == "dead")
+        if chosen:
+            self._send(chosen[0].address, self._push_pull_message(join=False, reply_wanted=True))
 
     def _push_pull_message(self, *, join: bool, reply_wanted: bool) -> wire.PushPull:
         states = []
@@ -802,10 +826,6 @@ class Membership:
         )
 
     def _on_push_pull(self, now_ms: int, message: wire.PushPull) -> None:
-        if not message.reply_wanted:
-            # A reply: our join (if pending) succeeded.
-            self._joined = True
-            self._next_join_ms = None
         self._merge_states(now_ms, message.source_id, message.states)
         if message.reply_wanted and not self._left:
             self._send(message.source_address, self._push_pull_message(join=False, reply_wanted=False))

@@ -79,8 +79,13 @@ class MembershipConfig:
     the-dead time; we keep them longer for operators."""
 
     join_retry_interval_ms: int = 1_000
-    """Until a push-pull reply arrives from some seed, retry the join this
-    often."""
+    """First retry of a join to a seed not yet in our view; doubles per
+    attempt up to ``push_pull_interval_ms``."""
+
+    reconnect_interval_ms: int = 30_000
+    """Push-pull with one random member we hold dead this often, so two
+    sides of a healed partition that declared each other dead merge again.
+    Serf's reconnect_interval: 30 s."""
 
     coordinate_gossip_interval_ms: int = 5_000
     """How often a node gossips its own Vivaldi coordinate so members that
@@ -101,6 +106,7 @@ class MembershipConfig:
             "gossip_nodes",
             "gossip_items_per_message_max",
             "join_retry_interval_ms",
+            "reconnect_interval_ms",
             "coordinate_gossip_interval_ms",
         )
         for name in positive:

@@ -39,9 +39,7 @@ REGRESSION: tuple[PinnedRun, ...] = (
         "after two partitions a node isolated from all others stayed dead to them (and they to it) for "
         "good: the views never merged again",
     ),
-)
 
-OPEN: tuple[PinnedRun, ...] = (
     PinnedRun(
         ScenarioOptions(seed=162, nodes=7, duration_ms=22_000),
         "false positive: a probe sent to a member's previous life fails after the member restarted, and "
@@ -70,3 +68,5 @@ OPEN: tuple[PinnedRun, ...] = (
         "retrying and n0 stays alone forever",
     ),
 )
+
+OPEN: tuple[PinnedRun, ...] = ()
