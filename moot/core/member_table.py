@@ -31,7 +31,9 @@ Record = TypeVar("Record", bound=_Record)
 class MemberTable(Generic[Record]):
     """Records keyed by node id, over an optional shared read-only base."""
 
-    def __init__(self, base: dict[str, Record] | None = None, base_ids: list[str] | None = None) -> None:
+    def __init__(
+        self, base: dict[str, Record] | None = None, base_ids: list[str] | None = None
+    ) -> None:
         self._base: dict[str, Record] = base if base is not None else {}
         self._base_ids: list[str] = base_ids if base_ids is not None else list(self._base)
         assert len(self._base_ids) == len(self._base)
@@ -93,12 +95,20 @@ class MemberTable(Generic[Record]):
         for node_id in self._own_ids:
             yield self._own[node_id]
 
-    def random(self, rng: random.Random) -> Record | None:
-        """A uniformly random slot's record; None if that slot was removed."""
-        slots = len(self._base_ids) + len(self._own_ids)
-        if slots == 0:
-            return None
-        index = rng.randrange(slots)
+    def slot_count(self) -> int:
+        """Slots ever used (removed members leave empty slots): indexes for ``at_slot``."""
+        return len(self._base_ids) + len(self._own_ids)
+
+    def at_slot(self, index: int) -> Record | None:
+        """The record in slot ``index``; None if that member was removed."""
+        assert 0 <= index < self.slot_count()
         if index < len(self._base_ids):
             return self.get(self._base_ids[index])
         return self._own[self._own_ids[index - len(self._base_ids)]]
+
+    def random(self, rng: random.Random) -> Record | None:
+        """A uniformly random slot's record; None if that slot was removed."""
+        slots = self.slot_count()
+        if slots == 0:
+            return None
+        return self.at_slot(rng.randrange(slots))

@@ -40,6 +40,7 @@ Effects contract (``Output``), carried out in this order by every driver:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -64,6 +65,10 @@ BROADCAST_ITEMS_MAX = 4_096  # queued membership gossip items
 COORDINATE_ITEMS_MAX = 1_024  # queued coordinate gossip items
 SEEDS_MAX = 64  # join addresses we keep retrying
 SCAN_MEMBERS_MAX = 64  # below this, random picks scan the whole view
+# Above this many members the probe order is a random affine permutation of
+# the member table's slots (O(1) memory and setup) instead of a shuffled
+# list of ids (O(n) per node): same guarantee, every member once per round.
+PROBE_LIST_MEMBERS_MAX = 1_024
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +234,11 @@ class Membership:
             mine.incarnation = max(mine.incarnation, me.incarnation)
             mine.state_changed_ms = now_ms
         self._suspicions: dict[str, Suspicion] = {}
+        self._dead_since_ms: dict[str, int] = {}  # dead or left members -> since when
         self._broadcasts: BroadcastQueue[wire.GossipItem] = BroadcastQueue(BROADCAST_ITEMS_MAX)
-        self._coordinate_broadcasts: BroadcastQueue[wire.GossipItem] = BroadcastQueue(COORDINATE_ITEMS_MAX)
+        self._coordinate_broadcasts: BroadcastQueue[wire.GossipItem] = BroadcastQueue(
+            COORDINATE_ITEMS_MAX
+        )
         self._probe_order: list[str] = []
         self._probe_index = 0
         self._probe: _Probe | None = None
@@ -247,9 +255,9 @@ class Membership:
         self._next_reconnect_ms = now_ms + config.reconnect_interval_ms
         self._next_reap_ms = now_ms + config.gossip_to_the_dead_ms
         self._alive_count = len(self._members) if shared_members is not None else 1
-        if shared_members is not None:
-            self._reshuffle_probe_order()
-            self._probe_index = self._rng.randrange(max(1, len(self._probe_order)))
+        # Affine probe order over table slots: (slot count, multiplier, offset, step).
+        self._probe_permutation: tuple[int, int, int] | None = None
+        self._probe_step = 0
         self._out = Output(incarnation=self._self.incarnation)
         self._broadcast_alive(self._self)
 
@@ -279,7 +287,9 @@ class Membership:
         """Every member we know of (ourselves included), sorted by node id."""
         views = []
         for member in sorted(self._members.values(), key=lambda m: m.node_id):
-            coordinate = self._vivaldi.coordinate if member.node_id == self.node_id else member.coordinate
+            coordinate = (
+                self._vivaldi.coordinate if member.node_id == self.node_id else member.coordinate
+            )
             views.append(
                 MemberView(
                     node_id=member.node_id,
@@ -355,7 +365,11 @@ class Membership:
             deadlines.append(self._next_push_pull_ms)
             deadlines.append(self._next_reconnect_ms)
         if self._probe is not None:
-            deadlines.append(self._probe.end_deadline_ms if self._probe.indirect_sent else self._probe.direct_deadline_ms)
+            deadlines.append(
+                self._probe.end_deadline_ms
+                if self._probe.indirect_sent
+                else self._probe.direct_deadline_ms
+            )
         if self._next_join_ms is not None:
             deadlines.append(self._next_join_ms)
         deadlines.extend(relay.deadline_ms for relay in self._relays.values())
@@ -370,7 +384,9 @@ class Membership:
             if now_ms >= self._next_probe_ms:
                 self._start_probe(now_ms)
             if now_ms >= self._next_push_pull_ms:
-                self._next_push_pull_ms = now_ms + self.config.push_pull_interval_scaled_ms(self.alive_count())
+                self._next_push_pull_ms = now_ms + self.config.push_pull_interval_scaled_ms(
+                    self.alive_count()
+                )
                 self._send_push_pull(now_ms)
             if self._next_join_ms is not None and now_ms >= self._next_join_ms:
                 self._send_join(now_ms)
@@ -383,7 +399,8 @@ class Membership:
         if now_ms >= self._next_coordinate_ms:
             self._next_coordinate_ms = now_ms + self.config.coordinate_gossip_interval_ms
             self._coordinate_broadcasts.push(
-                self.node_id, wire.CoordinateUpdate(node_id=self.node_id, coordinate=self._vivaldi.coordinate)
+                self.node_id,
+                wire.CoordinateUpdate(node_id=self.node_id, coordinate=self._vivaldi.coordinate),
             )
         if now_ms >= self._next_reap_ms:
             self._next_reap_ms = now_ms + self.config.gossip_to_the_dead_ms
@@ -437,7 +454,11 @@ class Membership:
         gossip: list[wire.GossipItem] = []
         if self.config.lifeguard and target.state == "suspect":
             # Buddy system: tell the suspect directly so it refutes at once.
-            gossip.append(wire.Suspect(node_id=target.node_id, incarnation=target.incarnation, from_id=self.node_id))
+            gossip.append(
+                wire.Suspect(
+                    node_id=target.node_id, incarnation=target.incarnation, from_id=self.node_id
+                )
+            )
         ping = wire.Ping(
             seq=self._seq,
             target_id=target.node_id,
@@ -449,6 +470,9 @@ class Membership:
         self._send(target.address, ping)
 
     def _next_probe_target(self) -> _Member | None:
+        if len(self._members) > PROBE_LIST_MEMBERS_MAX:
+            return self._next_probe_target_permuted()
+        self._probe_permutation = None
         for _ in range(len(self._probe_order) + 1):
             if self._probe_index >= len(self._probe_order):
                 self._reshuffle_probe_order()
@@ -460,6 +484,31 @@ class Membership:
             member = self._members.get(node_id)
             if member is not None and member.state in ("alive", "suspect"):
                 return member
+        return None
+
+    def _next_probe_target_permuted(self) -> _Member | None:
+        for _ in range(2):  # finish this round, then at most one fresh round
+            if self._probe_permutation is not None:
+                slots, multiplier, offset = self._probe_permutation
+                while self._probe_step < slots:
+                    slot = (multiplier * self._probe_step + offset) % slots
+                    self._probe_step += 1
+                    member = self._members.at_slot(slot)
+                    if (
+                        member is not None
+                        and member.node_id != self.node_id
+                        and member.state in ("alive", "suspect")
+                    ):
+                        return member
+            slots = self._members.slot_count()
+            multiplier = 1
+            for _ in range(64):
+                candidate = self._rng.randrange(1, slots)
+                if math.gcd(candidate, slots) == 1:
+                    multiplier = candidate
+                    break
+            self._probe_permutation = (slots, multiplier, self._rng.randrange(slots))
+            self._probe_step = 0
         return None
 
     def _reshuffle_probe_order(self) -> None:
@@ -522,7 +571,10 @@ class Membership:
         # incarnation) while our probe was in flight, this rumour is stale
         # and ignored (found by the simulator: seeds 162, 566).
         self._suspect(
-            now_ms, wire.Suspect(node_id=target.node_id, incarnation=probe.target_incarnation, from_id=self.node_id)
+            now_ms,
+            wire.Suspect(
+                node_id=target.node_id, incarnation=probe.target_incarnation, from_id=self.node_id
+            ),
         )
 
     def _on_ping(self, now_ms: int, ping: wire.Ping) -> None:
@@ -545,7 +597,9 @@ class Membership:
         if relay is not None:
             # An ack for a probe we ran for someone else: forward it. The
             # forwarded ack carries no coordinate: its RTT is not ours.
-            self._send(relay.source_address, wire.Ack(seq=relay.source_seq, source_id=ack.source_id))
+            self._send(
+                relay.source_address, wire.Ack(seq=relay.source_seq, source_id=ack.source_id)
+            )
             return
         probe = self._probe
         if probe is None or probe.seq != ack.seq or probe.acked or ack.source_id != probe.target_id:
@@ -594,7 +648,9 @@ class Membership:
         for seq in expired:
             relay = self._relays.pop(seq)
             if relay.want_nack:
-                self._send(relay.source_address, wire.Nack(seq=relay.source_seq, source_id=self.node_id))
+                self._send(
+                    relay.source_address, wire.Nack(seq=relay.source_seq, source_id=self.node_id)
+                )
 
     # -- suspicion and state merging --------------------------------------------
 
@@ -606,7 +662,8 @@ class Membership:
             if member is None or member.state != "suspect":
                 continue
             self._dead(
-                now_ms, wire.Dead(node_id=node_id, incarnation=member.incarnation, from_id=self.node_id)
+                now_ms,
+                wire.Dead(node_id=node_id, incarnation=member.incarnation, from_id=self.node_id),
             )
 
     def _merge_gossip(self, now_ms: int, items: Iterable[wire.GossipItem]) -> None:
@@ -628,7 +685,11 @@ class Membership:
             assert member is not None
             if alive.incarnation > member.incarnation or (
                 alive.incarnation == member.incarnation
-                and (alive.address != member.address or alive.labels != member.labels or alive.cpus != member.cpus)
+                and (
+                    alive.address != member.address
+                    or alive.labels != member.labels
+                    or alive.cpus != member.cpus
+                )
             ):
                 # Someone spreads a newer or conflicting "us": override it.
                 self._refute(alive.incarnation)
@@ -742,7 +803,10 @@ class Membership:
         recent_dead_ms = now_ms - self.config.gossip_to_the_dead_ms
         targets = self._random_members(
             self.config.gossip_nodes,
-            lambda m: m.state in ("alive", "suspect") or (m.state == "dead" and m.state_changed_ms >= recent_dead_ms),
+            lambda m: (
+                m.state in ("alive", "suspect")
+                or (m.state == "dead" and m.state_changed_ms >= recent_dead_ms)
+            ),
         )
         for target in targets:
             items = self._piggyback([])
@@ -805,7 +869,9 @@ class Membership:
     def _push_pull_message(self, *, join: bool, reply_wanted: bool) -> wire.PushPull:
         states = []
         for member in sorted(self._members.values(), key=lambda m: m.node_id):
-            coordinate = self._vivaldi.coordinate if member.node_id == self.node_id else member.coordinate
+            coordinate = (
+                self._vivaldi.coordinate if member.node_id == self.node_id else member.coordinate
+            )
             states.append(
                 wire.MemberState(
                     node_id=member.node_id,
@@ -828,9 +894,13 @@ class Membership:
     def _on_push_pull(self, now_ms: int, message: wire.PushPull) -> None:
         self._merge_states(now_ms, message.source_id, message.states)
         if message.reply_wanted and not self._left:
-            self._send(message.source_address, self._push_pull_message(join=False, reply_wanted=False))
+            self._send(
+                message.source_address, self._push_pull_message(join=False, reply_wanted=False)
+            )
 
-    def _merge_states(self, now_ms: int, source_id: str, states: Iterable[wire.MemberState]) -> None:
+    def _merge_states(
+        self, now_ms: int, source_id: str, states: Iterable[wire.MemberState]
+    ) -> None:
         for state in states:
             if state.state == "alive":
                 self._alive(
@@ -844,16 +914,28 @@ class Membership:
                     ),
                 )
             elif state.state == "left":
-                self._dead(now_ms, wire.Dead(node_id=state.node_id, incarnation=state.incarnation, from_id=state.node_id))
+                self._dead(
+                    now_ms,
+                    wire.Dead(
+                        node_id=state.node_id, incarnation=state.incarnation, from_id=state.node_id
+                    ),
+                )
             else:
                 # A remote "dead" only makes us suspect: it may be wrong, and
                 # the member gets its chance to refute (memberlist mergeState).
                 self._suspect(
-                    now_ms, wire.Suspect(node_id=state.node_id, incarnation=state.incarnation, from_id=source_id)
+                    now_ms,
+                    wire.Suspect(
+                        node_id=state.node_id, incarnation=state.incarnation, from_id=source_id
+                    ),
                 )
             if state.coordinate is not None and state.node_id != self.node_id:
                 member = self._members.get(state.node_id)
-                if member is not None and member.coordinate is None and self._acceptable(state.coordinate):
+                if (
+                    member is not None
+                    and member.coordinate is None
+                    and self._acceptable(state.coordinate)
+                ):
                     self._members.writable(state.node_id).coordinate = state.coordinate
 
     # -- housekeeping --------------------------------------------------------------
@@ -861,19 +943,18 @@ class Membership:
     def _reap(self, now_ms: int) -> None:
         cutoff_ms = now_ms - self.config.dead_member_retention_ms
         gone = [
-            member.node_id
-            for member in self._members.values()
-            if member.node_id != self.node_id
-            and member.state in ("dead", "left")
-            and member.state_changed_ms <= cutoff_ms
+            node_id for node_id, since_ms in self._dead_since_ms.items() if since_ms <= cutoff_ms
         ]
         for node_id in gone:
+            del self._dead_since_ms[node_id]
             self._members.remove(node_id)
             self._vivaldi.forget(node_id)
             self._broadcasts.discard(node_id)
             self._coordinate_broadcasts.discard(node_id)
 
     def _insert_probe_target(self, node_id: str) -> None:
+        if self._probe_permutation is not None:
+            return  # a new slot: the next permutation round covers it
         # memberlist inserts new members at a random place in the probe list
         # so a burst of joins does not all get probed at once.
         position = self._rng.randint(self._probe_index, len(self._probe_order))
@@ -896,6 +977,12 @@ class Membership:
         self._alive_count += int(is_counted) - int(was_counted)
         member.state = state
         member.state_changed_ms = now_ms
+        if member.node_id != self.node_id:
+            # The reaper visits only dead and left members, not the whole view.
+            if is_counted:
+                self._dead_since_ms.pop(member.node_id, None)
+            else:
+                self._dead_since_ms[member.node_id] = now_ms
         assert self._alive_count >= 0
 
     def _random_members(self, count: int, accept: Callable[[_Member], bool]) -> list[_Member]:
@@ -907,7 +994,9 @@ class Membership:
         if count <= 0:
             return []
         if len(self._members) <= SCAN_MEMBERS_MAX:
-            candidates = [m for m in self._members.values() if m.node_id != self.node_id and accept(m)]
+            candidates = [
+                m for m in self._members.values() if m.node_id != self.node_id and accept(m)
+            ]
             return self._sample(candidates, count)
         chosen: dict[str, _Member] = {}
         for _ in range(count * 8):
@@ -934,10 +1023,11 @@ class Membership:
         self._out.messages.append(Send(address, message))
 
     def _event(self, now_ms: int, kind: EventKind, member: _Member) -> None:
-        self._out.events.append(MemberEvent(kind, member.node_id, member.address, member.incarnation, now_ms))
+        self._out.events.append(
+            MemberEvent(kind, member.node_id, member.address, member.incarnation, now_ms)
+        )
 
     def _flush(self) -> Output:
         out = self._out
         self._out = Output()
         return out
-

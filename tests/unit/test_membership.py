@@ -237,3 +237,31 @@ def test_config_profiles_validate_and_bad_values_rejected() -> None:
     assert lan.suspicion_timeout_min_ms(100) == 8_000
     assert lan.push_pull_interval_scaled_ms(10) == 30_000
     assert lan.push_pull_interval_scaled_ms(1_000) > 30_000
+
+
+def test_large_view_probes_every_member_once_per_round() -> None:
+    # Above PROBE_LIST_MEMBERS_MAX the probe order is an affine permutation
+    # of table slots; it must still visit every other member once a round.
+    from moot.core.membership import PROBE_LIST_MEMBERS_MAX, SharedMembers
+
+    count = PROBE_LIST_MEMBERS_MAX + 300
+    alive = [wire.Alive(node_id=f"n{i}", incarnation=1, address=f"n{i}:7000") for i in range(count)]
+    shared = SharedMembers.of(alive, now_ms=0)
+    node = Membership(
+        MembershipConfig.sim(), node_id="n5", address="n5:7000", rng=random.Random(4), now_ms=0, shared_members=shared
+    )
+    targets: list[str] = []
+    now = 0
+    while len(targets) < 2 * (count - 1):
+        now = node.next_deadline_ms()
+        for send in node.tick(now).messages:
+            if isinstance(send.message, wire.Ping):
+                targets.append(send.message.target_id)
+                # Answer at once so nobody becomes suspect.
+                ack = wire.Ack(seq=send.message.seq, source_id=send.message.target_id)
+                node.step(now, ack)
+    first, second = targets[: count - 1], targets[count - 1 :]
+    expected = sorted(f"n{i}" for i in range(count) if i != 5)
+    assert sorted(first) == expected
+    assert sorted(second) == expected
+    assert first != second  # a fresh permutation each round
