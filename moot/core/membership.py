@@ -235,6 +235,7 @@ class Membership:
             mine.state_changed_ms = now_ms
         self._suspicions: dict[str, Suspicion] = {}
         self._dead_since_ms: dict[str, int] = {}  # dead or left members -> since when
+        self._rtt_peers: dict[str, None] = {}  # members whose first ack (handshake-inflated) we skipped
         self._broadcasts: BroadcastQueue[wire.GossipItem] = BroadcastQueue(BROADCAST_ITEMS_MAX)
         self._coordinate_broadcasts: BroadcastQueue[wire.GossipItem] = BroadcastQueue(
             COORDINATE_ITEMS_MAX
@@ -615,8 +616,13 @@ class Membership:
             if self._acceptable(ack.coordinate):
                 target = self._members.writable(probe.target_id)
                 target.coordinate = ack.coordinate
-                # Clocks tick in whole milliseconds: a sub-millisecond RTT reads 0.
-                self._vivaldi.observe(target.node_id, ack.coordinate, float(max(rtt_ms, 1)))
+                if target.node_id in self._rtt_peers:
+                    # Clocks tick in whole milliseconds: a sub-millisecond RTT reads 0.
+                    self._vivaldi.observe(target.node_id, ack.coordinate, float(max(rtt_ms, 1)))
+                else:
+                    # The first probe of a member usually pays for opening the
+                    # connection (TCP and TLS handshakes): not a network RTT.
+                    self._rtt_peers[target.node_id] = None
 
     def _on_nack(self, nack: wire.Nack) -> None:
         probe = self._probe
@@ -948,6 +954,7 @@ class Membership:
         for node_id in gone:
             del self._dead_since_ms[node_id]
             self._members.remove(node_id)
+            self._rtt_peers.pop(node_id, None)
             self._vivaldi.forget(node_id)
             self._broadcasts.discard(node_id)
             self._coordinate_broadcasts.discard(node_id)

@@ -76,9 +76,11 @@ def test_five_nodes_detect_kill_and_rejoin(federation: LocalFederation) -> None:
 
 def test_rtt_estimates_and_json_cli(federation: LocalFederation) -> None:
     def estimated(vs: dict[int, list[MemberInfo]]) -> bool:
-        return all(info.rtt_ms is not None for infos in vs.values() for info in infos)
+        # Loopback round trips are well under a millisecond; the estimates
+        # must settle near that (under 20 ms even on a loaded 2-core CI box).
+        return all(info.rtt_ms is not None and info.rtt_ms < 20 for infos in vs.values() for info in infos)
 
-    federation.wait_until(estimated, what="RTT estimates to every member", timeout_s=60)
+    federation.wait_until(estimated, what="RTT estimates under 20 ms to every member", timeout_s=90)
     result = subprocess.run(
         [sys.executable, "-m", "moot", "members", "--cluster", str(federation.cluster_dir), "--node", federation.addresses[0], "--json"],
         capture_output=True,
@@ -91,6 +93,7 @@ def test_rtt_estimates_and_json_cli(federation: LocalFederation) -> None:
     assert set(rows[0]) >= {"id", "address", "state", "incarnation", "labels", "rtt_ms"}
     assert {row["address"] for row in rows} == set(federation.addresses)
     assert all(row["rtt_ms"] is not None and 0 <= row["rtt_ms"] < 50 for row in rows)
+    assert [row["rtt_ms"] for row in rows].count(0.0) == 1  # the answering node itself
 
 
 def test_graceful_leave_is_seen_as_left(federation: LocalFederation) -> None:
