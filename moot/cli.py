@@ -76,6 +76,9 @@ def node_start(
     label: Annotated[list[str] | None, typer.Option(help="k=v label, e.g. region=lahore; repeatable.")] = None,
     cpus: Annotated[int, typer.Option(min=0, help="CPUs this node offers to tasks.")] = 1,
     profile: Annotated[str, typer.Option(help="Membership profile: lan, wan or local.")] = "lan",
+    advertise: Annotated[
+        str | None, typer.Option(help="HOST:PORT other nodes reach this one at (needed when --listen is 0.0.0.0).")
+    ] = None,
 ) -> None:
     """Start a node and serve until SIGTERM (which leaves gracefully)."""
     from moot.runtime.logs import configure_logging
@@ -92,6 +95,7 @@ def node_start(
         labels=parse_labels(label or []),
         cpus=cpus,
         profile=profile,
+        advertise=advertise,
     )
     try:
         run_node(options)

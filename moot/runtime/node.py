@@ -49,6 +49,13 @@ class NodeOptions:
     labels: dict[str, str] = field(default_factory=dict)
     cpus: int = 1
     profile: str = "lan"
+    advertise: str | None = None
+    """HOST:PORT other nodes dial, when --listen is a wildcard such as 0.0.0.0."""
+
+    @property
+    def address(self) -> str:
+        """The address this node is known by in the federation."""
+        return self.advertise or self.listen
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -70,7 +77,14 @@ class Node:
     def __init__(self, options: NodeOptions) -> None:
         self.options = options
         try:
-            parse_address(options.listen)
+            listen_host, _ = parse_address(options.listen)
+            if options.advertise:
+                parse_address(options.advertise)
+            elif listen_host in ("0.0.0.0", "::", ""):
+                raise ValueError(
+                    f"--listen {options.listen} is a wildcard: add --advertise HOST:PORT, "
+                    "the address other nodes reach this one at"
+                )
             for address in options.join:
                 parse_address(address)
             if options.http:
@@ -127,13 +141,12 @@ class Node:
 
     async def start(self) -> None:
         """Bind the transport and HTTP, then join the federation."""
-        host, _ = parse_address(self.options.listen)
-        paths = identity.issue_node_certificate(
-            self.cluster, self.node_id, [host], self.options.data_dir
-        )
+        hosts = [parse_address(address)[0] for address in {self.options.address: None, self.options.listen: None}]
+        paths = identity.issue_node_certificate(self.cluster, self.node_id, hosts, self.options.data_dir)
         self.transport = Transport(
             node_id=self.node_id,
             listen_address=self.options.listen,
+            advertise_address=self.options.advertise,
             cluster=self.cluster,
             node_certificate=paths,
             on_message=self._on_message,
@@ -150,7 +163,7 @@ class Node:
         self.membership = Membership(
             self.config,
             node_id=self.node_id,
-            address=self.options.listen,
+            address=self.options.address,
             labels=self.options.labels,
             cpus=self.options.cpus,
             rng=random.Random(),

@@ -149,6 +149,7 @@ def test_foreign_ca_node_never_appears(federation: LocalFederation, tmp_path: Pa
         ("address-in-use", "choose a free --listen"),
         ("data-dir-is-file", "--data-dir"),
         ("bad-address", "HOST:PORT"),
+        ("wildcard-without-advertise", "--advertise"),
     ],
 )
 def test_node_start_bad_input_exits_with_one_clear_line(tmp_path: Path, case: str, expected: str) -> None:
@@ -170,6 +171,8 @@ def test_node_start_bad_input_exits_with_one_clear_line(tmp_path: Path, case: st
         data_dir.write_text("not a directory")
     elif case == "bad-address":
         listen = "localhost"
+    elif case == "wildcard-without-advertise":
+        listen = f"0.0.0.0:{port}"  # refused before anything binds
     try:
         result = subprocess.run(
             [sys.executable, "-m", "moot", "node", "start", "--cluster", str(cluster), "--data-dir", str(data_dir), "--listen", listen],
