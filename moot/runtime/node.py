@@ -257,6 +257,10 @@ class Node:
         for send in out.messages:
             self.transport.send(send.address, send.message)
         for event in out.events:
+            if event.kind in ("dead", "left"):
+                # Drop the queue of messages to a member that is gone; a later
+                # send (gossip to the dead, reconnect) opens a fresh one.
+                self.transport.forget(event.address)
             record = {
                 "kind": event.kind,
                 "node_id": event.node_id,

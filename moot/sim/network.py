@@ -15,8 +15,14 @@ Rules:
   addresses not named form one more group), directed pairs (``block``) and
   one-way group cuts (``block_one_way``: sources cannot reach destinations,
   the reverse direction still works).
+- A *slow* endpoint (``set_slow``) models a member under CPU pressure: it
+  reads its socket late and its replies leave late, so every copy sent by
+  or to it takes a further delay drawn uniformly from its
+  ``[delay_ms_min, delay_ms_max]``, once per slow end. Its timers still
+  fire on time. (Used by ``bench/membership_sim.py``.)
 - Every random draw comes from the one ``rng`` given at construction, in
-  send order, so the same sends give the same fates.
+  send order, so the same sends give the same fates. Slow endpoints draw
+  only for their own messages: with none, the draws are what they were.
 - With ``wire_roundtrip`` every message is encoded and decoded through
   ``moot.core.wire`` (proving it survives the wire) and its bytes counted.
   It is off by default: a 10,000-node run cannot afford it.
@@ -102,6 +108,8 @@ class Network:
         self._group_of: dict[str, int] = {}
         self._blocked_pairs: set[tuple[str, str]] = set()
         self._one_way: list[tuple[frozenset[str], frozenset[str]]] = []
+        # Extra one-way delay range of each slow endpoint (``set_slow``).
+        self._slow_ms: dict[str, tuple[int, int]] = {}
         self.messages_total = 0
         self.bytes_total = 0
 
@@ -130,6 +138,15 @@ class Network:
         """Send a second copy of each message with ``probability``."""
         assert 0.0 <= probability <= 1.0, probability
         self.duplicate_probability = probability
+
+    def set_slow(self, address: str, delay_ms_min: int, delay_ms_max: int) -> None:
+        """Delay every copy sent by or to ``address`` by a further ``[min, max]`` ms; ``0, 0`` clears it."""
+        assert address in self._region_of, address
+        assert 0 <= delay_ms_min <= delay_ms_max, (delay_ms_min, delay_ms_max)
+        if delay_ms_max == 0:
+            self._slow_ms.pop(address, None)
+        else:
+            self._slow_ms[address] = (delay_ms_min, delay_ms_max)
 
     def partition(self, groups: Sequence[Sequence[str]]) -> None:
         """Cut the network into ``groups`` (symmetric); unnamed addresses form one more group."""
@@ -199,8 +216,17 @@ class Network:
                 stats.messages_dropped += 1
                 continue
             delay_ms = int(rng.random() * (self._jitter_ms + 1)) if self._jitter_ms else 0
+            if self._slow_ms:
+                delay_ms += self._slow_delay_ms(source) + self._slow_delay_ms(destination)
             times = (*times, base_ms + delay_ms)
         return times
+
+    def _slow_delay_ms(self, address: str) -> int:
+        delay_range = self._slow_ms.get(address)
+        if delay_range is None:
+            return 0
+        low_ms, high_ms = delay_range
+        return low_ms + int(self._rng.random() * (high_ms - low_ms + 1))
 
     def encode(self, source: str, message: Any) -> bytes:
         """Encode ``message`` for the wire and count its bytes as sent by ``source``.

@@ -189,3 +189,26 @@ def test_node_start_bad_input_exits_with_one_clear_line(tmp_path: Path, case: st
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error:")
     assert expected in lines[0]
+
+
+def test_http_api_needs_the_token(federation: LocalFederation) -> None:
+    import urllib.error
+    import urllib.request
+
+    base = federation.http_urls[0]
+    with urllib.request.urlopen(f"{base}/healthz", timeout=10) as response:
+        assert json.loads(response.read())["ok"] is True
+    for header in (None, "Bearer wrong-token"):
+        request = urllib.request.Request(f"{base}/api/members")
+        if header:
+            request.add_header("Authorization", header)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+        body = json.loads(refused.value.read())
+        assert "members" not in body
+        assert "Bearer" in body["message"]
+    request = urllib.request.Request(f"{base}/api/members", headers={"Authorization": f"Bearer {federation.token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        members = json.loads(response.read())["members"]
+    assert sorted(member["address"] for member in members) == sorted(federation.addresses)
