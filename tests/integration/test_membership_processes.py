@@ -150,6 +150,7 @@ def test_foreign_ca_node_never_appears(federation: LocalFederation, tmp_path: Pa
         ("data-dir-is-file", "--data-dir"),
         ("bad-address", "HOST:PORT"),
         ("wildcard-without-advertise", "--advertise"),
+        ("corrupt-node-state", "node.json"),
     ],
 )
 def test_node_start_bad_input_exits_with_one_clear_line(tmp_path: Path, case: str, expected: str) -> None:
@@ -171,6 +172,9 @@ def test_node_start_bad_input_exits_with_one_clear_line(tmp_path: Path, case: st
         data_dir.write_text("not a directory")
     elif case == "bad-address":
         listen = "localhost"
+    elif case == "corrupt-node-state":
+        data_dir.mkdir()
+        (data_dir / "node.json").write_text("{not json")
     elif case == "wildcard-without-advertise":
         listen = f"0.0.0.0:{port}"  # refused before anything binds
     try:
