@@ -100,9 +100,10 @@ class RaftLog:
 
     def unstable_entries(self) -> list[Entry]:
         """Entries the caller has not yet persisted."""
+        assert self.stable_index >= self.snapshot_index
         return self._entries[self.stable_index - self.snapshot_index :]
 
-    def unstable_bytes(self, above: int) -> int:
+    def bytes_after(self, above: int) -> int:
         """Bytes of entry data above index ``above`` (uncommitted back-pressure)."""
         start = max(above, self.snapshot_index) - self.snapshot_index
         return sum(len(entry.data) for entry in self._entries[start:])

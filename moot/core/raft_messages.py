@@ -28,7 +28,7 @@ EntryKind = Literal["normal", "conf_change"]
 ConfChangeKind = Literal["add_learner", "promote", "remove"]
 
 
-class RAFT_TAGS:  # noqa: N801 - mirrors wire.TAGS
+class RAFT_TAGS:
     """Tag values of Raft messages, append only. Never renumber or reuse."""
 
     VOTE_REQUEST: Final = 40
