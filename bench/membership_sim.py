@@ -37,6 +37,8 @@ replays it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import statistics
 import sys
@@ -67,15 +69,16 @@ class BenchScenario(MembershipScenario):
     def __init__(self, options: ScenarioOptions, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         self.index_of = {node.node_id: node.index for node in self.world.nodes}
-        # (global ms, observer index, event kind, subject index)
-        self.accusations: list[tuple[int, int, str, int]] = []
+        # (global ms, observer index, event kind, subject index, subject incarnation)
+        self.accusations: list[tuple[int, int, str, int, int]] = []
 
     def observe(self, node: SimNode[Membership], effects: Output, global_ms: int) -> None:
         """Let the checkers see the events, then record the accusations among them."""
         super().observe(node, effects, global_ms)
         for event in effects.events:
             if event.kind in ACCUSATIONS:
-                self.accusations.append((global_ms, node.index, event.kind, self.index_of[event.node_id]))
+                subject = self.index_of[event.node_id]
+                self.accusations.append((global_ms, node.index, event.kind, subject, event.incarnation))
 
     def boot_all(self) -> None:
         """Start every node now on the shared bootstrapped view (all alive)."""
@@ -122,10 +125,12 @@ class FalsePositiveRun:
     lifeguard: bool
     condition: str  # "loss" or "slow"
     duration_ms: int
-    suspicions_healthy: int  # suspect events about an up, healthy member
-    deaths_healthy: int  # dead events about an up, healthy member
+    suspicions_healthy: int  # suspect events (at any member) about an up, healthy member
+    deaths_healthy: int  # dead events (at any member) about an up, healthy member
     suspicions_slow: int  # ... about the slow member (up, but slow)
     deaths_slow: int
+    suspected_lives: int  # distinct (member, incarnation) suspected by anyone: "suspicion episodes"
+    dead_lives: int  # distinct (member, incarnation) declared dead by anyone
     messages_per_member_second: float
     wall_s: float
 
@@ -142,12 +147,16 @@ class Settings:
     warmup_ms: int
     detect_ms_max: int
     fp_duration_ms: int
+    fp_duration_ms_large: int
     slow_ms_min: int
     slow_ms_max: int
     audit: bool
     crash_only: bool
+    skip_crash: bool
     plot_dir: Path | None
     markdown: Path | None
+    save_json: Path | None
+    load_json: list[Path]
     argv: list[str] = field(default_factory=list)
 
     def seeds_for(self, nodes: int) -> list[int]:
@@ -185,7 +194,7 @@ def replay_hint(settings: Settings, nodes: int, seed: int, what: str) -> str:
     return (
         f".venv/bin/python bench/membership_sim.py --sizes {nodes} --first-seed {seed} --seeds 1 "
         f"--seeds-large 1 --profile {settings.profile} --warmup-ms {settings.warmup_ms} "
-        f"--fp-duration-ms {settings.fp_duration_ms} "
+        f"--fp-duration-ms {settings.fp_duration_ms} --fp-duration-ms-large {settings.fp_duration_ms_large} "
         f"--slow-ms {settings.slow_ms_min}-{settings.slow_ms_max}{extra} --plot-dir ''"
     )
 
@@ -215,7 +224,7 @@ def run_crash(settings: Settings, nodes: int, seed: int, *, lifeguard: bool) -> 
     while len(declared) < nodes - 1 and world.now_ms < deadline_ms:
         world.run_until(min(deadline_ms, world.now_ms + STEP_MS))
         accusations = scenario.accusations
-        for at_ms, observer, kind, subject in accusations[cursor:]:
+        for at_ms, observer, kind, subject, _incarnation in accusations[cursor:]:
             if subject == victim and kind != "suspect":
                 declared.setdefault(observer, at_ms)
         cursor = len(accusations)
@@ -254,11 +263,14 @@ def run_false_positives(settings: Settings, nodes: int, seed: int, *, lifeguard:
         # positives instead of failing the run on the first one.
         scenario.checks.false_positives.dirty()
     scenario.boot_all()
-    world.run_until(settings.fp_duration_ms)
+    duration_ms = settings.fp_duration_ms if nodes <= SMALL_NODES_MAX else settings.fp_duration_ms_large
+    world.run_until(duration_ms)
     counts = {(kind, about_slow): 0 for kind in ACCUSATIONS for about_slow in (False, True)}
-    for _at_ms, _observer, kind, subject in scenario.accusations:
+    lives: dict[str, dict[tuple[int, int], None]] = {kind: {} for kind in ACCUSATIONS}
+    for _at_ms, _observer, kind, subject, incarnation in scenario.accusations:
         assert world.nodes[subject].up  # nothing crashes in these runs: every accusation is false
         counts[(kind, subject == slow)] += 1
+        lives[kind][(subject, incarnation)] = None
     assert counts[("left", False)] + counts[("left", True)] == 0  # nobody leaves either
     wall_s = time.perf_counter() - started
     return FalsePositiveRun(
@@ -266,12 +278,14 @@ def run_false_positives(settings: Settings, nodes: int, seed: int, *, lifeguard:
         seed=seed,
         lifeguard=lifeguard,
         condition=condition,
-        duration_ms=settings.fp_duration_ms,
+        duration_ms=duration_ms,
         suspicions_healthy=counts[("suspect", False)],
         deaths_healthy=counts[("dead", False)],
         suspicions_slow=counts[("suspect", True)],
         deaths_slow=counts[("dead", True)],
-        messages_per_member_second=world.network.messages_total / nodes / (settings.fp_duration_ms / 1000),
+        suspected_lives=len(lives["suspect"]),
+        dead_lives=len(lives["dead"]),
+        messages_per_member_second=world.network.messages_total / nodes / (duration_ms / 1000),
         wall_s=wall_s,
     )
 
@@ -326,10 +340,11 @@ def crash_table(runs: Sequence[CrashRun]) -> list[str]:
 def false_positive_table(runs: Sequence[FalsePositiveRun]) -> list[str]:
     """Markdown: one row per (N, condition), Lifeguard off vs on summed over the same seeds."""
     lines = [
-        "| N | condition | seeds x sim s | off: suspicions / deaths of healthy | on: suspicions / deaths of healthy "
-        "| off: suspicions / deaths of slow member | on: suspicions / deaths of slow member "
-        "| false deaths off / on | false suspicions off / on | messages / member / s off / on | wall per run (s) |",
-        "|--:|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| N | condition | seeds x sim s | false deaths off | false deaths on | deaths off / on "
+        "| suspect events off (episodes) | suspect events on (episodes) | suspect events off / on "
+        "| about healthy members off / on | about the slow member off / on | messages / member / s off / on "
+        "| wall per run (s) |",
+        "|--:|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     groups = sorted({(run.nodes, run.condition) for run in runs})
     for nodes, condition in groups:
@@ -337,24 +352,27 @@ def false_positive_table(runs: Sequence[FalsePositiveRun]) -> list[str]:
         on = [run for run in runs if (run.nodes, run.condition, run.lifeguard) == (nodes, condition, True)]
         assert sorted(run.seed for run in off) == sorted(run.seed for run in on)  # same seeds
 
-        def total(group: list[FalsePositiveRun], name: str) -> int:
-            return sum(getattr(run, name) for run in group)
+        def total(group: list[FalsePositiveRun], *names: str) -> int:
+            return sum(getattr(run, name) for run in group for name in names)
 
-        deaths_off = total(off, "deaths_healthy") + total(off, "deaths_slow")
-        deaths_on = total(on, "deaths_healthy") + total(on, "deaths_slow")
-        suspicions_off = total(off, "suspicions_healthy") + total(off, "suspicions_slow")
-        suspicions_on = total(on, "suspicions_healthy") + total(on, "suspicions_slow")
-        slow = condition == "slow"
+        deaths_off = total(off, "deaths_healthy", "deaths_slow")
+        deaths_on = total(on, "deaths_healthy", "deaths_slow")
+        suspicions_off = total(off, "suspicions_healthy", "suspicions_slow")
+        suspicions_on = total(on, "suspicions_healthy", "suspicions_slow")
+        slow = (
+            f"{total(off, 'suspicions_slow')} / {total(on, 'suspicions_slow')}" if condition == "slow" else "—"
+        )
+        healthy_off = total(off, "suspicions_healthy")
+        healthy_on = total(on, "suspicions_healthy")
         label = "10% loss" if condition == "loss" else "one slow member"
         duration_s = off[0].duration_ms // 1000 if off else 0
-        slow_off = f"{total(off, 'suspicions_slow')} / {total(off, 'deaths_slow')}" if slow else "—"
-        slow_on = f"{total(on, 'suspicions_slow')} / {total(on, 'deaths_slow')}" if slow else "—"
         lines.append(
             f"| {nodes:,} | {label} | {len(off)} x {duration_s} "
-            f"| {total(off, 'suspicions_healthy')} / {total(off, 'deaths_healthy')} "
-            f"| {total(on, 'suspicions_healthy')} / {total(on, 'deaths_healthy')} "
-            f"| {slow_off} | {slow_on} "
-            f"| {_ratio(deaths_off, deaths_on)} | {_ratio(suspicions_off, suspicions_on)} "
+            f"| {deaths_off} ({total(off, 'dead_lives')}) | {deaths_on} ({total(on, 'dead_lives')}) "
+            f"| {_ratio(deaths_off, deaths_on)} "
+            f"| {suspicions_off} ({total(off, 'suspected_lives')}) | {suspicions_on} ({total(on, 'suspected_lives')}) "
+            f"| {_ratio(suspicions_off, suspicions_on)} "
+            f"| {healthy_off} / {healthy_on} ({_ratio(healthy_off, healthy_on)}) | {slow} "
             f"| {statistics.median(r.messages_per_member_second for r in off):.2f} / "
             f"{statistics.median(r.messages_per_member_second for r in on):.2f} "
             f"| {statistics.median(r.wall_s for r in off + on):.1f} |"
@@ -450,7 +468,7 @@ def plot_false_positives(runs: Sequence[FalsePositiveRun], path: Path) -> None:
 def parse_settings(argv: list[str]) -> Settings:
     """Settings from the command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10,100,1000,10000", help="comma-separated cluster sizes")
+    parser.add_argument("--sizes", default="10,100,1000,10000", help="comma-separated cluster sizes ('' for none)")
     parser.add_argument("--seeds", type=int, default=5, help=f"seeds per measurement for N <= {SMALL_NODES_MAX}")
     parser.add_argument("--seeds-large", type=int, default=2,
                         help=f"seeds for {SMALL_NODES_MAX} < N <= {LARGE_NODES_MAX} (larger N: 1)")
@@ -459,11 +477,17 @@ def parse_settings(argv: list[str]) -> Settings:
     parser.add_argument("--warmup-ms", type=int, default=10_000, help="simulated time before the crash")
     parser.add_argument("--detect-ms-max", type=int, default=180_000, help="give up waiting for all to know after this")
     parser.add_argument("--fp-duration-ms", type=int, default=60_000, help="simulated time of each false-positive run")
+    parser.add_argument("--fp-duration-ms-large", type=int, default=20_000,
+                        help=f"simulated time of each false-positive run above N={SMALL_NODES_MAX}")
     parser.add_argument("--slow-ms", default="300-1000", help="slow member's extra delay per direction, MIN-MAX ms")
     parser.add_argument("--audit", action="store_true", help="keep the persist-before-send audit on (slower)")
     parser.add_argument("--crash-only", action="store_true", help="skip the false-positive runs")
+    parser.add_argument("--skip-crash", action="store_true", help="skip the crash-dissemination runs")
     parser.add_argument("--plot-dir", default="docs", help="where membership_*.png go ('' for none)")
     parser.add_argument("--markdown", default="", help="also write the tables to this file")
+    parser.add_argument("--save-json", default="", help="write every run's numbers to this file")
+    parser.add_argument("--load-json", nargs="*", default=[],
+                        help="add the runs saved in these files (with --sizes '' to only merge and plot)")
     arguments = parser.parse_args(argv)
     low, _, high = arguments.slow_ms.partition("-")
     settings = Settings(
@@ -475,12 +499,16 @@ def parse_settings(argv: list[str]) -> Settings:
         warmup_ms=arguments.warmup_ms,
         detect_ms_max=arguments.detect_ms_max,
         fp_duration_ms=arguments.fp_duration_ms,
+        fp_duration_ms_large=arguments.fp_duration_ms_large,
         slow_ms_min=int(low),
         slow_ms_max=int(high or low),
         audit=arguments.audit,
         crash_only=arguments.crash_only,
+        skip_crash=arguments.skip_crash,
         plot_dir=Path(arguments.plot_dir) if arguments.plot_dir else None,
         markdown=Path(arguments.markdown) if arguments.markdown else None,
+        save_json=Path(arguments.save_json) if arguments.save_json else None,
+        load_json=[Path(name) for name in arguments.load_json],
         argv=argv,
     )
     MembershipConfig.named(settings.profile)  # ValueError names the profiles
@@ -508,11 +536,15 @@ def main(argv: list[str] | None = None) -> int:
         f"gossip_nodes={config.gossip_nodes} suspicion_mult={config.suspicion_mult}")
     crash_runs: list[CrashRun] = []
     fp_runs: list[FalsePositiveRun] = []
+    for path in settings.load_json:
+        saved = json.loads(path.read_text())
+        crash_runs += [CrashRun(**run) for run in saved["crash"]]
+        fp_runs += [FalsePositiveRun(**run) for run in saved["false_positives"]]
     failures: list[str] = []
     for nodes in settings.sizes:
         seeds = settings.seeds_for(nodes)
         modes = (True, False) if nodes <= LARGE_NODES_MAX else (True,)
-        for seed in seeds:
+        for seed in [] if settings.skip_crash else seeds:
             for lifeguard in modes:
                 try:
                     run = run_crash(settings, nodes, seed, lifeguard=lifeguard)
@@ -541,8 +573,15 @@ def main(argv: list[str] | None = None) -> int:
                     fp_runs.append(fp)
                     log(f"{condition} N={nodes} seed={seed} lifeguard={'on' if lifeguard else 'off'}: "
                         f"healthy {fp.suspicions_healthy} suspicions / {fp.deaths_healthy} deaths, "
+                        f"episodes {fp.suspected_lives} suspected / {fp.dead_lives} dead, "
                         f"slow member {fp.suspicions_slow} / {fp.deaths_slow}, "
                         f"{fp.messages_per_member_second:.2f} msg/member/s, wall {fp.wall_s:.1f} s")
+    if settings.save_json is not None:
+        settings.save_json.write_text(json.dumps({
+            "command": settings.command(),
+            "crash": [dataclasses.asdict(run) for run in crash_runs],
+            "false_positives": [dataclasses.asdict(run) for run in fp_runs],
+        }, indent=1))
     lines = [f"Command: `{settings.command()}`", ""]
     lines += ["Crash dissemination (medians over seeds):", "", *crash_table(crash_runs), ""]
     if fp_runs:

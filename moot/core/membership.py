@@ -790,8 +790,11 @@ class Membership:
         member = self._members.get(update.node_id)
         if member is None or member.coordinate == update.coordinate:
             return
+        # Not re-gossiped: only a coordinate's owner spreads it (and push-pull
+        # carries every coordinate). Re-gossiping every update kept gossip
+        # rounds busy forever: ~11 messages per member per second at n = 100
+        # in the simulated benchmark, against ~3 without.
         self._members.writable(update.node_id).coordinate = update.coordinate
-        self._coordinate_broadcasts.push(update.node_id, update)
 
     def _refute(self, accused_incarnation: int) -> None:
         me = self._self
@@ -804,7 +807,9 @@ class Membership:
     # -- dissemination -------------------------------------------------------------
 
     def _gossip_round(self, now_ms: int) -> None:
-        if not self._broadcasts and not self._coordinate_broadcasts:
+        # Coordinates ride along on probes and membership news; alone they
+        # do not start a gossip round.
+        if not self._broadcasts:
             return
         recent_dead_ms = now_ms - self.config.gossip_to_the_dead_ms
         targets = self._random_members(
