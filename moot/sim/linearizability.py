@@ -408,8 +408,13 @@ def _search(
         # Every candidate failed: this configuration has no completion.
         if with_unknown and memo_entries < memo_entries_max:
             known = linearized & known_mask
-            failed.setdefault((known, state), []).append(linearized ^ known)
-            memo_entries += 1
+            explored = failed.setdefault((known, state), [])
+            # Bounded: _dominated scans this list on every step, so an
+            # unbounded one made long histories quadratic. Dropping entries
+            # only weakens the pruning, never the verdict.
+            if len(explored) < FAILED_UNKNOWN_SETS_MAX:
+                explored.append(linearized ^ known)
+                memo_entries += 1
         if not stack:
             budget.steps_left -= steps
             return _SearchOutcome(False, longest, steps, None)
@@ -431,6 +436,9 @@ def _search(
         entry = entry.next
     assert len(order) == count
     return _SearchOutcome(True, order, steps, None)
+
+
+FAILED_UNKNOWN_SETS_MAX = 32  # per (known set, state): failed unknown-sets kept for pruning
 
 
 def _dominated(failed: dict[tuple[int, StateT], list[int]], linearized: int, known_mask: int, state: StateT) -> bool:
