@@ -124,6 +124,19 @@ class _Member:
     state_changed_ms: int
     coordinate: wire.Coordinate | None = None
 
+    @classmethod
+    def from_alive(cls, alive: wire.Alive, now_ms: int) -> _Member:
+        """A newly learned member, alive as ``alive`` says."""
+        return cls(
+            node_id=alive.node_id,
+            address=alive.address,
+            incarnation=alive.incarnation,
+            state="alive",
+            labels=dict(alive.labels),
+            cpus=alive.cpus,
+            state_changed_ms=now_ms,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SharedMembers:
@@ -138,18 +151,7 @@ class SharedMembers:
 
         Every node built on it counts all of them alive, itself included.
         """
-        records = {
-            alive.node_id: _Member(
-                node_id=alive.node_id,
-                address=alive.address,
-                incarnation=alive.incarnation,
-                state="alive",
-                labels=dict(alive.labels),
-                cpus=alive.cpus,
-                state_changed_ms=now_ms,
-            )
-            for alive in members
-        }
+        records = {alive.node_id: _Member.from_alive(alive, now_ms) for alive in members}
         return cls(records, list(records))
 
 
@@ -701,15 +703,7 @@ class Membership:
                 self._refute(alive.incarnation)
             return
         if member is None:
-            member = _Member(
-                node_id=alive.node_id,
-                address=alive.address,
-                incarnation=alive.incarnation,
-                state="alive",
-                labels=dict(alive.labels),
-                cpus=alive.cpus,
-                state_changed_ms=now_ms,
-            )
+            member = _Member.from_alive(alive, now_ms)
             self._members.add(member)
             self._alive_count += 1
             self._insert_probe_target(alive.node_id)
