@@ -44,7 +44,9 @@ Algorithm"; Ongaro's dissertation 2014; etcd-io/raft):
 Effects contract (``Output``), carried out in this order by every driver:
 
 1. persist ``snapshot`` if any (and delete stored entries at or below its
-   index), then ``entries`` (first deleting stored entries with index >=
+   index; if the stored entry at its index is missing or has another term,
+   delete the stored entries after it too, as ``RaftLog.restore`` does in
+   memory — they belong to a history the snapshot overrides), then ``entries`` (first deleting stored entries with index >=
    ``entries[0].index``), then ``hard_state`` if not None — all durable
    (fsync) before step 2. A leader's own append counts toward the commit
    quorum at once; that is safe only because of this order.
