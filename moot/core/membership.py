@@ -872,28 +872,24 @@ class Membership:
             self._send(chosen[0].address, self._push_pull_message(join=False, reply_wanted=True))
 
     def _push_pull_message(self, *, join: bool, reply_wanted: bool) -> wire.PushPull:
-        states = []
-        for member in sorted(self._members.values(), key=lambda m: m.node_id):
-            coordinate = (
-                self._vivaldi.coordinate if member.node_id == self.node_id else member.coordinate
+        states = tuple(
+            wire.MemberState(
+                node_id=view.node_id,
+                address=view.address,
+                incarnation=view.incarnation,
+                state=view.state,
+                labels=view.labels,
+                cpus=view.cpus,
+                coordinate=view.coordinate,
             )
-            states.append(
-                wire.MemberState(
-                    node_id=member.node_id,
-                    address=member.address,
-                    incarnation=member.incarnation,
-                    state=member.state,
-                    labels=dict(member.labels),
-                    cpus=member.cpus,
-                    coordinate=coordinate,
-                )
-            )
+            for view in self.members()
+        )
         return wire.PushPull(
             source_id=self.node_id,
             source_address=self.address,
             join=join,
             reply_wanted=reply_wanted,
-            states=tuple(states),
+            states=states,
         )
 
     def _on_push_pull(self, now_ms: int, message: wire.PushPull) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from moot.core import wire
@@ -27,7 +28,7 @@ from moot.core.membership_config import MembershipConfig
 from moot.runtime import identity
 from moot.runtime.logs import get_logger, log_event
 from moot.runtime.node_state import NodeState
-from moot.runtime.transport import Peer, Transport, TransportConfig
+from moot.runtime.transport import Peer, Transport, TransportConfig, parse_address
 
 LEAVE_DRAIN_MS_MAX = 2_000  # how long a graceful leave waits for its gossip to go out
 EVENTS_KEPT_MAX = 1_000  # membership events kept in memory for the API
@@ -56,14 +57,6 @@ class NodeOptions:
     def address(self) -> str:
         """The address this node is known by in the federation."""
         return self.advertise or self.listen
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """Split HOST:PORT; ValueError with a clear message if it is not one."""
-    host, separator, port_text = address.rpartition(":")
-    if not separator or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{address!r} is not HOST:PORT (for example 127.0.0.1:7000)")
-    return host.strip("[]"), int(port_text)
 
 
 def monotonic_ms() -> int:
@@ -333,7 +326,7 @@ class Node:
         return web.json_response(
             {
                 "node_id": self.node_id,
-                "members": [msgspec_to_builtins(info) for info in self.member_infos()],
+                "members": [msgspec.to_builtins(info) for info in self.member_infos()],
             }
         )
 
@@ -352,13 +345,6 @@ def _member_info(member: MemberView, rtt_ms: float | None) -> wire.MemberInfo:
         rtt_ms=rtt_ms,
         coordinate=member.coordinate,
     )
-
-
-def msgspec_to_builtins(value: Any) -> Any:
-    """A msgspec Struct as plain JSON-able Python values."""
-    import msgspec
-
-    return msgspec.to_builtins(value)
 
 
 def run_node(options: NodeOptions) -> None:
