@@ -224,7 +224,7 @@ class RaftNode:
         self._round = 0
         self._round_sent_ms: dict[int, int] = {}
         self._pending_reads: list[_PendingRead] = []
-        self._reads_waiting_commit: list[int] = []
+        self._reads_waiting_commit: list[tuple[int, bool]] = []
         self._ready_reads: list[ReadState] = []
         self._pending_conf_index = 0
         self._transferee: str | None = None
@@ -344,9 +344,11 @@ class RaftNode:
             self._out.result = accepted
         return self._finish()
 
-    def read_index(self, now_ms: int, request_id: int) -> Output:
+    def read_index(self, now_ms: int, request_id: int, *, lease: bool = False) -> Output:
         """Ask for a linearizable read point; answered by a ``ReadState``
-        (maybe in a later Output) or a ``ReadFailure``."""
+        (maybe in a later Output) or a ``ReadFailure``. ``lease``: answer
+        from the leader lease when it is valid (needs ``config.lease_reads``,
+        else the heartbeat round is used anyway)."""
         self._begin(now_ms)
         if self.role != "leader":
             self._fail_read(request_id, "not_leader")
@@ -354,9 +356,9 @@ class RaftNode:
             if len(self._reads_waiting_commit) >= READS_WAITING_COMMIT_MAX:
                 self._fail_read(request_id, "busy")
             else:
-                self._reads_waiting_commit.append(request_id)
+                self._reads_waiting_commit.append((request_id, lease))
         else:
-            self._start_read(now_ms, request_id)
+            self._start_read(now_ms, request_id, lease)
         return self._finish()
 
     def transfer_leadership(self, now_ms: int, target: str) -> Output:
@@ -624,7 +626,7 @@ class RaftNode:
             return
         for read in self._pending_reads:
             self._fail_read(read.request_id, "leadership_lost")
-        for request_id in self._reads_waiting_commit:
+        for request_id, _ in self._reads_waiting_commit:
             self._fail_read(request_id, "leadership_lost")
         self._pending_reads = []
         self._reads_waiting_commit = []
@@ -829,8 +831,8 @@ class RaftNode:
 
     def _on_commit_in_term(self, now_ms: int) -> None:
         waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
-        for request_id in waiting:
-            self._start_read(now_ms, request_id)
+        for request_id, lease in waiting:
+            self._start_read(now_ms, request_id, lease)
 
     # -- leader: heartbeats, CheckQuorum, reads -------------------------------------
 
@@ -921,11 +923,11 @@ class RaftNode:
             return False
         return now_ms < sent_ms + self.config.election_timeout_ms - self.config.clock_drift_max_ms
 
-    def _start_read(self, now_ms: int, request_id: int) -> None:
+    def _start_read(self, now_ms: int, request_id: int, lease: bool) -> None:
         assert self.role == "leader"
         assert self._committed_in_term()
         index = self._log.committed
-        if len(self.voters) == 1 or self._lease_valid(now_ms):
+        if len(self.voters) == 1 or (lease and self._lease_valid(now_ms)):
             self._ready_reads.append(ReadState(request_id, index))
             return
         if len(self._pending_reads) >= self.config.pending_reads_max:

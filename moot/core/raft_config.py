@@ -38,9 +38,12 @@ class RaftConfig:
     vote requests (the leader lease). etcd server: on."""
 
     lease_reads: bool = False
-    """Serve ReadIndex from the leader lease, without a heartbeat round
-    (etcd's ReadOnlyLeaseBased). Off by default, as in etcd: it trusts
-    clocks to drift less than ``clock_drift_max_ms`` per lease."""
+    """Allow ReadIndex requests that ask for it (``read_index(lease=True)``,
+    the ``lease`` consistency) to be served from the leader lease without a
+    heartbeat round (etcd's ReadOnlyLeaseBased), and make restarted nodes
+    honour the lease of a leader they may have forgotten. Off by default, as
+    in etcd: it trusts clocks to drift less than ``clock_drift_max_ms`` per
+    lease. Plain ``read_index`` calls always run a heartbeat round."""
 
     clock_drift_max_ms: int = 100
     """How much shorter than an election timeout the leader's lease is, to

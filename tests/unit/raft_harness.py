@@ -310,11 +310,11 @@ class Net:
         assert node is not None, f"no leader within {within_ms} ms"
         return node
 
-    def read_index(self, node_id: str, request_id: int) -> Output:
+    def read_index(self, node_id: str, request_id: int, *, lease: bool = False) -> Output:
         """Linearizability check: the read point must cover every entry
         committed anywhere before the request."""
         self.read_floor[(node_id, request_id)] = max(self.checker.committed, default=0)
-        return self.handle(node_id, self.nodes[node_id].raft.read_index(self.local(node_id), request_id))
+        return self.handle(node_id, self.nodes[node_id].raft.read_index(self.local(node_id), request_id, lease=lease))
 
     def propose(self, node_id: str, data: bytes) -> Accepted | Rejected:
         out = self.handle(node_id, self.nodes[node_id].raft.propose(self.local(node_id), data))

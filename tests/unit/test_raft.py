@@ -444,14 +444,18 @@ def test_lease_read_is_answered_at_once_while_the_lease_holds() -> None:
     net = Net(3, seed=6, config=config)
     leader = net.wait_for_leader(within_ms=3_000)
     net.run_for(50)
-    out = net.handle(leader.node_id, leader.raft.read_index(net.now, 1))
+    out = net.handle(leader.node_id, leader.raft.read_index(net.now, 1, lease=True))
     assert [r.request_id for r in out.read_states] == [1]
     assert not any(isinstance(m, Heartbeat) for m in out.messages)
+    # The same leader, asked for a plain ReadIndex, still runs a heartbeat round.
+    out = net.handle(leader.node_id, leader.raft.read_index(net.now, 3))
+    assert out.read_states == []
+    assert any(isinstance(m, Heartbeat) for m in out.messages)
     # Cut off, the lease runs out and reads fall back to (failing) rounds.
     net.isolate(leader.node_id)
     net.run_for(config.election_timeout_ms)
     if leader.raft.role == "leader":
-        out = net.handle(leader.node_id, leader.raft.read_index(net.now, 2))
+        out = net.handle(leader.node_id, leader.raft.read_index(net.now, 2, lease=True))
         assert out.read_states == []
 
 
@@ -488,7 +492,7 @@ def _lease_scenario(leader_clock_rate: float) -> tuple[Net, SimNode]:
 
 def test_lease_read_is_safe_with_clock_drift_inside_the_bound() -> None:
     net, old = _lease_scenario(leader_clock_rate=0.95)
-    out = net.read_index(old.node_id, 1)  # the checker asserts no stale read
+    out = net.read_index(old.node_id, 1, lease=True)  # the checker asserts no stale read
     assert out.read_states == []
 
 
@@ -499,7 +503,7 @@ def test_lease_read_goes_stale_with_drift_beyond_the_bound() -> None:
     net, old = _lease_scenario(leader_clock_rate=0.3)
     if old.raft.role == "leader":
         with pytest.raises(AssertionError, match="stale read"):
-            net.read_index(old.node_id, 1)
+            net.read_index(old.node_id, 1, lease=True)
     else:
         pytest.fail("the slow old leader stepped down before the new leader committed")
 
@@ -893,7 +897,7 @@ def run_randomized(seed: int, *, count: int, steps_ms: int = 3_000) -> None:
             leaders = [n for n in live if n.raft.role == "leader"]
             if leaders:
                 reads += 1
-                net.read_index(rng.choice(leaders).node_id, reads)
+                net.read_index(rng.choice(leaders).node_id, reads, lease=rng.random() < 0.5)
         elif roll < 0.88:
             if leader is not None:
                 target = rng.choice(leader.raft.voters)
