@@ -23,9 +23,15 @@ app = typer.Typer(
     add_completion=False,
 )
 node_app = typer.Typer(help="Run a node.", no_args_is_help=True)
-local_app = typer.Typer(help="A local federation of real node processes on 127.0.0.1.", no_args_is_help=True)
+local_app = typer.Typer(
+    help="A local federation of real node processes on 127.0.0.1.", no_args_is_help=True
+)
 app.add_typer(node_app, name="node")
+kv_app = typer.Typer(
+    help="The replicated key-value store (linearizable, on Raft).", no_args_is_help=True
+)
 app.add_typer(local_app, name="local")
+app.add_typer(kv_app, name="kv")
 
 # Wide when piped (CI logs, `make demo | tee`): tables of addresses must not be cut.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -52,7 +58,11 @@ def parse_labels(labels: list[str]) -> dict[str, str]:
 
 
 @app.command()
-def init(directory: Annotated[Path, typer.Option("--dir", help="Directory for the new cluster's CA, token and keys.")]) -> None:
+def init(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Directory for the new cluster's CA, token and keys.")
+    ],
+) -> None:
     """Create a cluster: its CA, client certificate, client token and gossip key."""
     from moot.runtime import identity
 
@@ -63,21 +73,39 @@ def init(directory: Annotated[Path, typer.Option("--dir", help="Directory for th
     console.print(f"cluster created in [bold]{directory}[/]")
     console.print(f"  CA certificate  {paths.ca_certificate}")
     console.print(f"  client token    {paths.token}  (mode 0600; keep it secret)")
-    console.print("start a node:  moot node start --cluster DIR --data-dir DATA --listen 127.0.0.1:7000")
+    console.print(
+        "start a node:  moot node start --cluster DIR --data-dir DATA --listen 127.0.0.1:7000"
+    )
 
 
 @node_app.command("start")
 def node_start(
     cluster: Annotated[Path, typer.Option(help="The cluster directory made by `moot init`.")],
     data_dir: Annotated[Path, typer.Option("--data-dir", help="This node's own data directory.")],
-    listen: Annotated[str, typer.Option(help="HOST:PORT for node-to-node and client traffic (TLS).")],
-    join: Annotated[list[str] | None, typer.Option(help="HOST:PORT of a member to join; repeatable.")] = None,
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT for node-to-node and client traffic (TLS).")
+    ],
+    join: Annotated[
+        list[str] | None, typer.Option(help="HOST:PORT of a member to join; repeatable.")
+    ] = None,
     http: Annotated[str | None, typer.Option(help="HOST:PORT for the HTTP API.")] = None,
-    label: Annotated[list[str] | None, typer.Option(help="k=v label, e.g. region=lahore; repeatable.")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="k=v label, e.g. region=lahore; repeatable.")
+    ] = None,
     cpus: Annotated[int, typer.Option(min=0, help="CPUs this node offers to tasks.")] = 1,
     profile: Annotated[str, typer.Option(help="Membership profile: lan, wan or local.")] = "lan",
     advertise: Annotated[
-        str | None, typer.Option(help="HOST:PORT other nodes reach this one at (needed when --listen is 0.0.0.0).")
+        str | None,
+        typer.Option(
+            help="HOST:PORT other nodes reach this one at (needed when --listen is 0.0.0.0)."
+        ),
+    ] = None,
+    bootstrap: Annotated[
+        bool | None,
+        typer.Option(
+            "--bootstrap/--no-bootstrap",
+            help="Found the federation's database with this node as first voter (default: when started without --join).",
+        ),
     ] = None,
 ) -> None:
     """Start a node and serve until SIGTERM (which leaves gracefully)."""
@@ -96,6 +124,7 @@ def node_start(
         cpus=cpus,
         profile=profile,
         advertise=advertise,
+        bootstrap=bootstrap,
     )
     try:
         run_node(options)
@@ -153,16 +182,231 @@ def members_table(infos: list[Any], *, title: str) -> Table:
     return table
 
 
+ClusterOption = Annotated[Path, typer.Option(help="The cluster directory.", envvar="MOOT_CLUSTER")]
+NodesOption = Annotated[
+    list[str],
+    typer.Option(
+        "--node", help="HOST:PORT of a node; repeatable (any node will do).", envvar="MOOT_NODES"
+    ),
+]
+ConsistencyOption = Annotated[
+    str, typer.Option(help="linearizable (default), lease, or stale (any node, may be behind).")
+]
+
+
+def _kv_client(cluster: Path, nodes: list[str]) -> Any:
+    from moot.client.client import connect
+
+    return connect(nodes, cluster=cluster)
+
+
+def _kv_run(cluster: Path, nodes: list[str], action: Any) -> Any:
+    from moot.client.errors import MootError
+
+    try:
+        with _kv_client(cluster, nodes) as client:
+            return action(client.kv)
+    except MootError as error:
+        raise fail(f"{type(error).__name__}: {error}") from None
+
+
+def _show(data: bytes) -> str:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return "0x" + data.hex()
+
+
+@kv_app.command("put")
+def kv_put(key: str, value: str, cluster: ClusterOption, node: NodesOption) -> None:
+    """Set KEY to VALUE; prints the revision."""
+    revision = _kv_run(cluster, node, lambda kv: kv.put(key, value))
+    console.print(f"OK revision {revision}")
+
+
+@kv_app.command("get")
+def kv_get(
+    key: str,
+    cluster: ClusterOption,
+    node: NodesOption,
+    consistency: ConsistencyOption = "linearizable",
+) -> None:
+    """Print the value of KEY (exit status 1 if it does not exist)."""
+    item = _kv_run(cluster, node, lambda kv: kv.get_item(key, consistency=consistency))
+    if item is None:
+        error_console.print(f"{key}: not found")
+        raise typer.Exit(1)
+    sys.stdout.write(_show(item.value) + "\n")
+
+
+@kv_app.command("del")
+def kv_delete(key: str, cluster: ClusterOption, node: NodesOption) -> None:
+    """Delete KEY (exit status 1 if it did not exist)."""
+    existed = _kv_run(cluster, node, lambda kv: kv.delete(key))
+    console.print("deleted" if existed else f"{key}: not found")
+    if not existed:
+        raise typer.Exit(1)
+
+
+@kv_app.command("cas")
+def kv_cas(
+    key: str,
+    new: str,
+    cluster: ClusterOption,
+    node: NodesOption,
+    expected: Annotated[
+        str | None, typer.Option(help="The value KEY must have now; omit: KEY must not exist.")
+    ] = None,
+) -> None:
+    """Set KEY to NEW only if it holds --expected (exit status 1 if not)."""
+    swapped = _kv_run(cluster, node, lambda kv: kv.cas(key, expected, new))
+    console.print("swapped" if swapped else "not swapped: the value was different")
+    if not swapped:
+        raise typer.Exit(1)
+
+
+@kv_app.command("range")
+def kv_range(
+    cluster: ClusterOption,
+    node: NodesOption,
+    prefix: Annotated[str, typer.Argument(help="Key prefix; empty for all keys.")] = "",
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 1_000,
+    consistency: ConsistencyOption = "linearizable",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List keys starting with PREFIX, with values and revisions."""
+    items = _kv_run(
+        cluster, node, lambda kv: kv.range(prefix, limit=limit, consistency=consistency)
+    )
+    if as_json:
+        for item in items:
+            row = {
+                "key": _show(item.key),
+                "value": _show(item.value),
+                "mod_revision": item.mod_revision,
+            }
+            sys.stdout.write(json.dumps(row) + "\n")
+        return
+    table = Table(title=f"{len(items)} keys under {prefix!r}")
+    for column in ("key", "value", "create rev", "mod rev", "version"):
+        table.add_column(column)
+    for item in items:
+        table.add_row(
+            _show(item.key),
+            _show(item.value)[:80],
+            str(item.create_revision),
+            str(item.mod_revision),
+            str(item.version),
+        )
+    console.print(table)
+
+
+@kv_app.command("watch")
+def kv_watch(
+    cluster: ClusterOption,
+    node: NodesOption,
+    prefix: Annotated[str, typer.Argument(help="Key prefix; empty for all keys.")] = "",
+    start_revision: Annotated[
+        int, typer.Option(min=0, help="Replay from this revision (0: from now).")
+    ] = 0,
+    count: Annotated[int, typer.Option(min=0, help="Stop after this many events (0: never).")] = 0,
+) -> None:
+    """Print puts and deletes under PREFIX as they happen (Ctrl-C stops)."""
+    from moot.client.errors import MootError
+
+    try:
+        with (
+            _kv_client(cluster, node) as client,
+            client.kv.watch(prefix, start_revision=start_revision) as watch,
+        ):
+            for seen, event in enumerate(watch, start=1):
+                value = "" if event.kind == "delete" else " " + _show(event.value)
+                sys.stdout.write(f"{event.revision} {event.kind} {_show(event.key)}{value}\n")
+                sys.stdout.flush()
+                if count and seen >= count:
+                    break
+    except MootError as error:
+        raise fail(f"{type(error).__name__}: {error}") from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def status(
+    cluster: ClusterOption,
+    node: NodesOption,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The database's Raft group as each node sees it: leader, term, voters, learners, indexes."""
+    import msgspec
+
+    from moot.client.client import connect
+    from moot.client.errors import MootError
+
+    try:
+        with connect(node, cluster=cluster) as client:
+            replies = client.status()
+    except MootError as error:
+        raise fail(str(error)) from None
+    if as_json:
+        sys.stdout.write(json.dumps([msgspec.to_builtins(r) for r in replies], indent=2) + "\n")
+        return
+    leaders = {r.leader_id for r in replies if r.leader_id}
+    names = {r.node_id: r.address for r in replies}
+    leader_text = (
+        ", ".join(f"{leader} ({names.get(leader, '?')})" for leader in sorted(leaders)) or "none"
+    )
+    console.print(f"leader: {leader_text}")
+    if replies:
+        first = max(replies, key=lambda r: r.term)
+        console.print(f"voters: {', '.join(first.voters)}")
+        console.print(f"learners: {', '.join(first.learners) or '-'}")
+    table = Table(title="raft status per node")
+    for column in (
+        "node",
+        "address",
+        "role",
+        "term",
+        "leader",
+        "commit",
+        "applied",
+        "last",
+        "snapshot",
+        "revision",
+        "keys",
+    ):
+        table.add_column(column)
+    for r in sorted(replies, key=lambda r: r.node_id):
+        table.add_row(
+            r.node_id,
+            r.address,
+            r.role,
+            str(r.term),
+            r.leader_id or "-",
+            str(r.commit_index),
+            str(r.applied_index),
+            str(r.last_index),
+            str(r.snapshot_index),
+            str(r.revision),
+            str(r.keys),
+        )
+    console.print(table)
+
+
 @local_app.command("up")
 def local_up(
     nodes: Annotated[int, typer.Option(min=1, max=64, help="How many node processes.")] = 3,
-    directory: Annotated[Path, typer.Option("--dir", help="Where the federation keeps its files.")] = DEFAULT_LOCAL_DIR,
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where the federation keeps its files.")
+    ] = DEFAULT_LOCAL_DIR,
 ) -> None:
     """Start N node processes on 127.0.0.1 that keep running after this command."""
     from moot.client.local import STATE_FILE, LocalError, LocalFederation
 
     if (directory / STATE_FILE).exists():
-        raise fail(f"a local federation already runs from {directory}: stop it with `moot local down --dir {directory}`")
+        raise fail(
+            f"a local federation already runs from {directory}: stop it with `moot local down --dir {directory}`"
+        )
     if directory.exists() and any(directory.iterdir()):
         raise fail(f"{directory} is not empty: choose an empty --dir or remove it")
     federation = LocalFederation(nodes, directory=directory, keep_directory=True)
@@ -174,7 +418,9 @@ def local_up(
     console.print(f"{nodes} nodes up; cluster dir [bold]{federation.cluster_dir}[/]")
     for node in federation.nodes:
         console.print(f"  node {node.index}  {node.address}  http {node.http_url}")
-    console.print(f"try:  moot members --cluster {federation.cluster_dir} --node {federation.addresses[0]}")
+    console.print(
+        f"try:  moot members --cluster {federation.cluster_dir} --node {federation.addresses[0]}"
+    )
     console.print(f"stop: moot local down --dir {directory}")
     if federation._client is not None:  # the processes stay; only our client goes
         federation._client.close()
@@ -182,7 +428,9 @@ def local_up(
 
 @local_app.command("down")
 def local_down(
-    directory: Annotated[Path, typer.Option("--dir", help="The directory given to `moot local up`.")] = DEFAULT_LOCAL_DIR,
+    directory: Annotated[
+        Path, typer.Option("--dir", help="The directory given to `moot local up`.")
+    ] = DEFAULT_LOCAL_DIR,
 ) -> None:
     """Stop the federation that `moot local up` started."""
     from moot.client.local import LocalError, down
@@ -196,7 +444,9 @@ def local_down(
 
 @app.command()
 def demo(
-    keep: Annotated[bool, typer.Option(help="Leave the federation running and print how to reach it.")] = False,
+    keep: Annotated[
+        bool, typer.Option(help="Leave the federation running and print how to reach it.")
+    ] = False,
     nodes: Annotated[int, typer.Option(min=3, max=16, help="How many node processes.")] = 5,
 ) -> None:
     """The main job: a local federation losing a node and carrying on."""

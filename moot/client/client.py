@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from moot.client.errors import BadRequest, MootError, Timeout, Unavailable, error_from_reply
+from moot.client.kv import Kv
 from moot.core import wire
 from moot.runtime import identity
 from moot.runtime.transport import ClientConnection, open_client_connection
@@ -47,6 +48,8 @@ class Client:
         self._thread = threading.Thread(target=self._loop.run_forever, name="moot-client", daemon=True)
         self._thread.start()
         self._closed = False
+        self.kv = Kv(self)
+        """The replicated key-value store (``moot.client.kv``)."""
 
     # -- public API ------------------------------------------------------------
 
@@ -55,6 +58,22 @@ class Client:
         reply = self._request(lambda request_id: wire.MembersRequest(request_id=request_id), node=node)
         assert isinstance(reply, wire.MembersReply)
         return list(reply.members)
+
+    def status(self) -> list[wire.StatusReply]:
+        """Every reachable member's view of the Raft group (``moot status``):
+        role, term, leader, voters, learners, commit and applied index."""
+        members = self.members()
+        replies: list[wire.StatusReply] = []
+        for member in members:
+            if member.state not in ("alive", "suspect"):
+                continue
+            try:
+                reply = self._request(lambda request_id: wire.StatusRequest(request_id=request_id), node=member.address)
+            except MootError:
+                continue
+            assert isinstance(reply, wire.StatusReply)
+            replies.append(reply)
+        return replies
 
     def close(self) -> None:
         """Close connections and stop the client's loop thread."""
@@ -99,12 +118,13 @@ class Client:
             return reply
         raise Unavailable("no node answered: " + "; ".join(errors) + ". Check the addresses and that the nodes run.")
 
-    async def _request_on(self, address: str, message: wire.Message) -> wire.Message:
+    async def _request_on(self, address: str, message: wire.Message, timeout_s: float | None = None) -> wire.Message:
         connection = self._connections.get(address)
         if connection is None or connection.closed:
             connection = await open_client_connection(address, self.cluster)
             self._connections[address] = connection
-        return await connection.request(message)
+        timeout_ms = None if timeout_s is None else max(1, int(timeout_s * 1000))
+        return await connection.request(message, timeout_ms)
 
     async def _drop(self, address: str) -> None:
         connection = self._connections.pop(address, None)

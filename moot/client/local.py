@@ -285,6 +285,8 @@ class LocalFederation:
         ]
         for key, value in node.labels.items():
             command += ["--label", f"{key}={value}"]
+        # Node 0 founds the database (ignored once its data dir has one).
+        command.append("--bootstrap" if node.index == 0 else "--no-bootstrap")
         for other in self.nodes:
             if other.index != node.index:
                 command += ["--join", other.address]

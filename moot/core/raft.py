@@ -350,15 +350,21 @@ class RaftNode:
         from the leader lease when it is valid (needs ``config.lease_reads``,
         else the heartbeat round is used anyway)."""
         self._begin(now_ms)
-        if self.role != "leader":
-            self._fail_read(request_id, "not_leader")
-        elif not self._committed_in_term():
-            if len(self._reads_waiting_commit) >= READS_WAITING_COMMIT_MAX:
-                self._fail_read(request_id, "busy")
-            else:
-                self._reads_waiting_commit.append((request_id, lease))
-        else:
-            self._start_read(now_ms, request_id, lease)
+        self._read_index(now_ms, request_id, lease)
+        return self._finish()
+
+    def propose_and_read(
+        self, now_ms: int, data: bytes | None, read_id: int | None, *, lease: bool = False
+    ) -> Output:
+        """``propose(data)`` and ``read_index(read_id)`` in one Output (either
+        may be None): a server batching a round of client requests pays for
+        one persist and one send instead of two."""
+        self._begin(now_ms)
+        if data is not None:
+            rejection = self._check_proposal(len(data))
+            self._out.result = rejection or self._append_as_leader(now_ms, "normal", data)
+        if read_id is not None:
+            self._read_index(now_ms, read_id, lease)
         return self._finish()
 
     def transfer_leadership(self, now_ms: int, target: str) -> Output:
@@ -923,6 +929,17 @@ class RaftNode:
             return False
         return now_ms < sent_ms + self.config.election_timeout_ms - self.config.clock_drift_max_ms
 
+    def _read_index(self, now_ms: int, request_id: int, lease: bool) -> None:
+        if self.role != "leader":
+            self._fail_read(request_id, "not_leader")
+        elif not self._committed_in_term():
+            if len(self._reads_waiting_commit) >= READS_WAITING_COMMIT_MAX:
+                self._fail_read(request_id, "busy")
+            else:
+                self._reads_waiting_commit.append((request_id, lease))
+        else:
+            self._start_read(now_ms, request_id, lease)
+
     def _start_read(self, now_ms: int, request_id: int, lease: bool) -> None:
         assert self.role == "leader"
         assert self._committed_in_term()
@@ -1040,7 +1057,8 @@ class RaftNode:
         else:
             voters.discard(change.node_id)
             learners.discard(change.node_id)
-        assert voters, "a change removed the last voter"
+        if change.kind == "remove":
+            assert voters, "a change removed the last voter"
         conf = ConfState(tuple(sorted(voters)), tuple(sorted(learners)))
         self._conf_history.append((index, conf))
         if self.role != "leader":

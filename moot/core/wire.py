@@ -27,6 +27,21 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from moot.core import raft_messages
+from moot.core.kv import KEY_BYTES_MAX, Event
+from moot.core.kv_server import ClientReply, ClientRequest
+from moot.core.raft_messages import (
+    MEMBERS_MAX,
+    AppendEntries,
+    AppendResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+)
+
 # Protocol versions this build speaks. Raise max when a message changes
 # meaning; raise min only when support for an old version is dropped.
 PROTOCOL_VERSION_MIN: Final = 1
@@ -50,6 +65,7 @@ MEMBERS_COUNT_MAX: Final = 100_000
 TOKEN_CHARS_MAX: Final = 256
 REASON_CHARS_MAX: Final = 1024
 COORDINATE_DIMENSIONS_MAX: Final = 16
+WATCH_EVENTS_PER_MESSAGE_MAX: Final = 1_024
 
 NodeId = Annotated[str, msgspec.Meta(min_length=1, max_length=NODE_ID_CHARS_MAX)]
 Address = Annotated[str, msgspec.Meta(min_length=3, max_length=ADDRESS_CHARS_MAX)]
@@ -78,6 +94,15 @@ class TAGS:
     MEMBERS_REQUEST: Final = 30
     MEMBERS_REPLY: Final = 31
     ERROR_REPLY: Final = 32
+    # 40..59: Raft messages, assigned in raft_messages.RAFT_TAGS.
+    KV_CALL: Final = 60
+    KV_ANSWER: Final = 61
+    WATCH_REQUEST: Final = 62
+    WATCH_ACCEPTED: Final = 63
+    WATCH_EVENTS: Final = 64
+    WATCH_CANCEL: Final = 65
+    STATUS_REQUEST: Final = 66
+    STATUS_REPLY: Final = 67
 
 
 class LocalProtocolError(Exception):
@@ -282,6 +307,80 @@ class ErrorReply(msgspec.Struct, frozen=True, tag=TAGS.ERROR_REPLY, forbid_unkno
     message: Annotated[str, msgspec.Meta(max_length=REASON_CHARS_MAX)]
 
 
+class KvCall(msgspec.Struct, frozen=True, tag=TAGS.KV_CALL, forbid_unknown_fields=True):
+    """A client's key-value request to a node."""
+
+    request_id: Sequence
+    request: ClientRequest
+
+
+class KvAnswer(msgspec.Struct, frozen=True, tag=TAGS.KV_ANSWER, forbid_unknown_fields=True):
+    """The node's answer; on ``not_leader`` errors ``leader_address`` says where to go."""
+
+    request_id: Sequence
+    reply: ClientReply
+    leader_address: Annotated[str, msgspec.Meta(max_length=ADDRESS_CHARS_MAX)] | None = None
+
+
+class WatchRequest(msgspec.Struct, frozen=True, tag=TAGS.WATCH_REQUEST, forbid_unknown_fields=True):
+    """Stream the events of keys under ``prefix`` from ``start_revision`` on
+    (0: from the next change). Events arrive as ``WatchEvents`` with ``watch_id``."""
+
+    request_id: Sequence
+    watch_id: Sequence
+    prefix: Annotated[bytes, msgspec.Meta(max_length=KEY_BYTES_MAX)] = b""
+    start_revision: Sequence = 0
+
+
+class WatchAccepted(msgspec.Struct, frozen=True, tag=TAGS.WATCH_ACCEPTED, forbid_unknown_fields=True):
+    """The watch runs; ``revision`` is the node's store revision at that moment."""
+
+    request_id: Sequence
+    watch_id: Sequence
+    revision: Sequence
+
+
+class WatchEvents(msgspec.Struct, frozen=True, tag=TAGS.WATCH_EVENTS, forbid_unknown_fields=True):
+    """Events of one watch, in revision order. ``error`` ends the watch (e.g.
+    the start revision was compacted away)."""
+
+    watch_id: Sequence
+    events: Annotated[tuple[Event, ...], msgspec.Meta(max_length=WATCH_EVENTS_PER_MESSAGE_MAX)] = ()
+    error: Annotated[str, msgspec.Meta(max_length=REASON_CHARS_MAX)] = ""
+    compacted_revision: Sequence = 0
+
+
+class WatchCancel(msgspec.Struct, frozen=True, tag=TAGS.WATCH_CANCEL, forbid_unknown_fields=True):
+    """Stop a watch (no reply)."""
+
+    watch_id: Sequence
+
+
+class StatusRequest(msgspec.Struct, frozen=True, tag=TAGS.STATUS_REQUEST, forbid_unknown_fields=True):
+    """Ask a node for its Raft and store status."""
+
+    request_id: Sequence
+
+
+class StatusReply(msgspec.Struct, frozen=True, tag=TAGS.STATUS_REPLY, forbid_unknown_fields=True):
+    """One node's view of the Raft group (``moot status``)."""
+
+    request_id: Sequence
+    node_id: NodeId
+    address: Address
+    role: Annotated[str, msgspec.Meta(max_length=32)]
+    term: Sequence
+    leader_id: Annotated[str, msgspec.Meta(max_length=NODE_ID_CHARS_MAX)] | None
+    voters: Annotated[tuple[NodeId, ...], msgspec.Meta(max_length=MEMBERS_MAX)]
+    learners: Annotated[tuple[NodeId, ...], msgspec.Meta(max_length=MEMBERS_MAX)]
+    commit_index: Sequence
+    applied_index: Sequence
+    last_index: Sequence
+    snapshot_index: Sequence
+    revision: Sequence
+    keys: Sequence
+
+
 MembershipMessage = Ping | IndirectPing | Ack | Nack | PushPull | Gossip
 Message = (
     Hello
@@ -295,8 +394,25 @@ Message = (
     | MembersRequest
     | MembersReply
     | ErrorReply
+    | VoteRequest
+    | VoteResponse
+    | AppendEntries
+    | AppendResponse
+    | Heartbeat
+    | HeartbeatResponse
+    | InstallSnapshot
+    | TimeoutNow
+    | KvCall
+    | KvAnswer
+    | WatchRequest
+    | WatchAccepted
+    | WatchEvents
+    | WatchCancel
+    | StatusRequest
+    | StatusReply
 )
 MEMBERSHIP_MESSAGE_TYPES: Final = (Ping, IndirectPing, Ack, Nack, PushPull, Gossip)
+RAFT_MESSAGE_TYPES: Final = raft_messages.RAFT_MESSAGE_TYPES
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final[msgspec.msgpack.Decoder[Message]] = msgspec.msgpack.Decoder(Message)

@@ -22,12 +22,15 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from moot.core import wire
+from moot.core import voters, wire
 from moot.core.membership import Membership, MemberView, Output
 from moot.core.membership_config import MembershipConfig
+from moot.core.raft_config import RaftConfig
 from moot.runtime import identity
+from moot.runtime.kv_service import KvService
 from moot.runtime.logs import get_logger, log_event
 from moot.runtime.node_state import NodeState
+from moot.runtime.storage import StorageError
 from moot.runtime.transport import Peer, Transport, TransportConfig, parse_address
 
 LEAVE_DRAIN_MS_MAX = 2_000  # how long a graceful leave waits for its gossip to go out
@@ -52,6 +55,11 @@ class NodeOptions:
     profile: str = "lan"
     advertise: str | None = None
     """HOST:PORT other nodes dial, when --listen is a wildcard such as 0.0.0.0."""
+    bootstrap: bool | None = None
+    """Found a new database (Raft group) with this node as its first voter if
+    the data directory has none. None: only when started without --join."""
+    voter_grace_ms: int = voters.DEAD_GRACE_MS_DEFAULT
+    """How long a dead voter keeps its seat before the leader replaces it."""
 
     @property
     def address(self) -> str:
@@ -97,6 +105,8 @@ class Node:
         self.log = get_logger(self.node_id)
         self.membership: Membership | None = None
         self.transport: Transport | None = None
+        self.kv: KvService | None = None
+        self.addresses: dict[str, str] = {self.node_id: options.address}
         self.events: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -117,9 +127,13 @@ class Node:
         try:
             async with asyncio.TaskGroup() as group:
                 timers = group.create_task(self._timer_loop())
+                assert self.kv is not None
+                raft_timers = group.create_task(self.kv.run())
                 await self._stopping.wait()
+                await self.kv.hand_over()
                 await self.leave()
                 timers.cancel()
+                raft_timers.cancel()
         finally:
             await self.close()
 
@@ -164,6 +178,21 @@ class Node:
             incarnation=self.state.incarnation,
         )
         self._apply(self.membership.join(now, list(self.options.join)))
+        bootstrap = self.options.bootstrap if self.options.bootstrap is not None else not self.options.join
+        try:
+            self.kv = KvService(
+                node_id=self.node_id,
+                data_dir=self.options.data_dir,
+                transport=self.transport,
+                address_of=self.address_of,
+                member_statuses=self.member_statuses,
+                logger=self.log,
+                bootstrap=bootstrap,
+                raft_config=RaftConfig.named(self.options.profile),
+                policy=voters.VoterPolicy(dead_grace_ms=self.options.voter_grace_ms),
+            )
+        except StorageError as error:
+            raise NodeStartError(str(error)) from error
         if self.options.http:
             await self._start_http(self.options.http)
         log_event(
@@ -194,6 +223,9 @@ class Node:
             log_event(self.log, logging.INFO, "http_closing")
             await self._http_runner.cleanup()
             self._http_runner = None
+        if self.kv is not None:
+            self.kv.close()
+            self.kv = None
         if self.transport is not None:
             log_event(self.log, logging.INFO, "transport_closing")
             await self.transport.close()
@@ -226,6 +258,17 @@ class Node:
                 return
             self._apply(membership.step(monotonic_ms(), message))
             self._wake.set()  # deadlines may have moved earlier
+        elif isinstance(message, wire.RAFT_MESSAGE_TYPES):
+            if peer.role == "node" and self.kv is not None:
+                self.kv.on_raft_message(message)
+        elif isinstance(message, wire.KvCall) and self.kv is not None:
+            self.kv.on_kv_call(peer, message)
+        elif isinstance(message, wire.WatchRequest) and self.kv is not None:
+            self.kv.on_watch(peer, message)
+        elif isinstance(message, wire.WatchCancel) and self.kv is not None:
+            self.kv.on_watch_cancel(peer, message)
+        elif isinstance(message, wire.StatusRequest) and self.kv is not None:
+            peer.reply(self.kv.status(message.request_id, self.options.address))
         elif isinstance(message, wire.MembersRequest):
             peer.reply(
                 wire.MembersReply(
@@ -250,6 +293,7 @@ class Node:
         for send in out.messages:
             self.transport.send(send.address, send.message)
         for event in out.events:
+            self.addresses[event.node_id] = event.address
             if event.kind in ("dead", "left"):
                 # Drop the queue of messages to a member that is gone; a later
                 # send (gossip to the dead, reconnect) opens a fresh one.
@@ -275,6 +319,23 @@ class Node:
             )
 
     # -- views -----------------------------------------------------------------------
+
+    def address_of(self, node_id: str) -> str | None:
+        """Where to send to ``node_id``, as membership last heard."""
+        address = self.addresses.get(node_id)
+        if address is None and self.membership is not None:
+            for member in self.membership.members():
+                self.addresses[member.node_id] = member.address
+            address = self.addresses.get(node_id)
+        return address
+
+    def member_statuses(self, now_ms: int) -> list[voters.MemberStatus]:
+        """Membership as the voter planner takes it."""
+        assert self.membership is not None
+        return [
+            voters.MemberStatus(member.node_id, member.state, member.state_changed_ms, member.labels)
+            for member in self.membership.members()
+        ]
 
     def member_infos(self) -> tuple[wire.MemberInfo, ...]:
         """Our membership view in the client wire form."""

@@ -1428,6 +1428,12 @@ class ClientConnection:
             self._stream.writer, self._config.close_timeout_ms / 1000, goodbye="client closing"
         )
 
+    async def wait_closed(self) -> str:
+        """Wait until the connection is gone; returns why."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._reader_task)
+        return self._lost_reason or "closed"
+
     async def __aenter__(self) -> ClientConnection:
         return self
 
