@@ -107,6 +107,9 @@ def node_start(
             help="Found the federation's database with this node as first voter (default: when started without --join).",
         ),
     ] = None,
+    voter_grace_ms: Annotated[
+        int, typer.Option(min=0, help="How long a dead voter keeps its seat before the leader replaces it.")
+    ] = 5_000,
 ) -> None:
     """Start a node and serve until SIGTERM (which leaves gracefully)."""
     from moot.runtime.logs import configure_logging
@@ -125,6 +128,7 @@ def node_start(
         profile=profile,
         advertise=advertise,
         bootstrap=bootstrap,
+        voter_grace_ms=voter_grace_ms,
     )
     try:
         run_node(options)

@@ -31,7 +31,14 @@ REQUEST_TIMEOUT_S = 10.0  # a node answers membership requests from memory; 10 s
 class Client:
     """A connection to a moot federation (see module doc)."""
 
-    def __init__(self, addresses: Sequence[str], *, cluster: str | Path, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        cluster: str | Path,
+        timeout_s: float = REQUEST_TIMEOUT_S,
+        pinned: bool = False,
+    ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
         if not addresses:
@@ -41,6 +48,8 @@ class Client:
         except identity.ClusterError as error:
             raise BadRequest(str(error)) from error
         self.addresses = list(dict.fromkeys(addresses))
+        self.pinned = pinned
+        """Talk only to ``addresses``: never follow a leader hint to another node."""
         self.timeout_s = timeout_s
         self._request_ids = itertools.count(1)
         self._connections: dict[str, ClientConnection] = {}
@@ -59,6 +68,12 @@ class Client:
         assert isinstance(reply, wire.MembersReply)
         return list(reply.members)
 
+    def node_status(self, address: str) -> wire.StatusReply:
+        """One node's view of the Raft group."""
+        reply = self._request(lambda request_id: wire.StatusRequest(request_id=request_id), node=address)
+        assert isinstance(reply, wire.StatusReply)
+        return reply
+
     def status(self) -> list[wire.StatusReply]:
         """Every reachable member's view of the Raft group (``moot status``):
         role, term, leader, voters, learners, commit and applied index."""
@@ -68,11 +83,9 @@ class Client:
             if member.state not in ("alive", "suspect"):
                 continue
             try:
-                reply = self._request(lambda request_id: wire.StatusRequest(request_id=request_id), node=member.address)
+                replies.append(self.node_status(member.address))
             except MootError:
                 continue
-            assert isinstance(reply, wire.StatusReply)
-            replies.append(reply)
         return replies
 
     def close(self) -> None:
@@ -149,6 +162,10 @@ async def _with_timeout(coroutine: Coroutine[Any, Any, T], timeout_s: float) -> 
         return await coroutine
 
 
-def connect(addresses: Sequence[str] | str, *, cluster: str | Path) -> Client:
-    """Connect to a federation through any of ``addresses`` (HOST:PORT)."""
-    return Client(addresses if not isinstance(addresses, str) else [addresses], cluster=cluster)
+def connect(addresses: Sequence[str] | str, *, cluster: str | Path, pinned: bool = False) -> Client:
+    """Connect to a federation through any of ``addresses`` (HOST:PORT).
+
+    The client follows the leader wherever nodes say it is; with ``pinned``
+    it talks only to ``addresses`` (an edge client that must stay local, or
+    a test that plays a client stuck in a partition)."""
+    return Client(addresses if not isinstance(addresses, str) else [addresses], cluster=cluster, pinned=pinned)

@@ -245,7 +245,12 @@ class Kv:
                 raise BadRequest(reply.detail)
             if reply.code in ("leader_lost", "timeout"):
                 outcome_unknown = True
-            if reply.code == "not_leader" and answer.leader_address and answer.leader_address != target:
+            if (
+                reply.code == "not_leader"
+                and answer.leader_address
+                and answer.leader_address != target
+                and (not self._client.pinned or answer.leader_address in addresses)
+            ):
                 target = answer.leader_address
                 self._leader = target
                 continue

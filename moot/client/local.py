@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from moot.core.voters import VoterPolicy
 from moot.runtime import identity
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class LocalFederation:
         profile: str = "local",
         keep_directory: bool = False,
         extra_env: dict[str, str] | None = None,
+        voter_grace_ms: int | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError("a federation needs at least 1 node")
@@ -108,6 +110,7 @@ class LocalFederation:
         self.cpus = cpus
         self.profile = profile
         self.extra_env = dict(extra_env or {})
+        self.voter_grace_ms = voter_grace_ms
         self.nodes: list[LocalNode] = []
         self._count = nodes
         self._labels = [dict(x) for x in labels] if labels is not None else [{} for _ in range(nodes)]
@@ -133,7 +136,8 @@ class LocalFederation:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self, *, wait: bool = True) -> LocalFederation:
-        """Create the cluster, start every node, and wait until all see each other."""
+        """Create the cluster, start every node, and wait until all see each
+        other and the database has its full voter set and a leader."""
         identity.init_cluster(self.cluster_dir)
         ports = free_ports(2 * self._count)
         for index in range(self._count):
@@ -153,7 +157,20 @@ class LocalFederation:
         self._write_state()
         if wait:
             self.wait_until(lambda infos: self._all_alive(infos, len(self.nodes)), what=f"{len(self.nodes)} nodes to see each other alive")
+            self.wait_for_voters(VoterPolicy().wanted(len(self.nodes)))
         return self
+
+    def wait_for_voters(self, count: int, *, timeout_s: float = START_TIMEOUT_S) -> int:
+        """Wait until the leader's configuration has ``count`` voters, no
+        learners, and a majority of them follow it; returns the leader's index."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            index = self.leader(timeout_s=max(0.1, deadline - time.monotonic()))
+            status = self.statuses().get(index)
+            if status is not None and status.role == "leader" and len(status.voters) == count and not status.learners:
+                return index
+            time.sleep(0.05)  # polling the voter set with a deadline
+        raise LocalError(f"the database did not reach {count} voters within {timeout_s:.0f}s; logs in {self.directory}")
 
     def stop(self) -> None:
         """Stop every node gracefully (SIGTERM), then forcefully if it lingers."""
@@ -255,6 +272,32 @@ class LocalFederation:
             time.sleep(0.1)  # polling a condition with a deadline
         raise LocalError(f"timed out after {timeout_s:.0f}s waiting for {what}; logs in {self.directory}")
 
+    def statuses(self) -> dict[int, Any]:
+        """Each live node's Raft status (node index -> ``wire.StatusReply``)."""
+        client = self.client()
+        result = {}
+        for node in self.nodes:
+            if node.alive:
+                with contextlib.suppress(Exception):
+                    result[node.index] = client.node_status(node.address)
+        return result
+
+    def leader(self, *, timeout_s: float = START_TIMEOUT_S) -> int:
+        """The index of the database's leader, once a majority of the live
+        nodes that are voters agree on one (polled with a deadline)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            statuses = self.statuses()
+            by_id = {status.node_id: index for index, status in statuses.items()}
+            leaders = [index for index, status in statuses.items() if status.role == "leader"]
+            for index in leaders:
+                status = statuses[index]
+                agree = sum(1 for other in statuses.values() if other.leader_id == status.node_id)
+                if agree * 2 > len(status.voters) and status.node_id in by_id:
+                    return index
+            time.sleep(0.05)  # polling a condition with a deadline
+        raise LocalError(f"no leader within {timeout_s:.0f}s; logs in {self.directory}")
+
     @staticmethod
     def _all_alive(views: dict[int, list[Any]], count: int) -> bool:
         return len(views) == count and all(
@@ -287,6 +330,8 @@ class LocalFederation:
             command += ["--label", f"{key}={value}"]
         # Node 0 founds the database (ignored once its data dir has one).
         command.append("--bootstrap" if node.index == 0 else "--no-bootstrap")
+        if self.voter_grace_ms is not None:
+            command += ["--voter-grace-ms", str(self.voter_grace_ms)]
         for other in self.nodes:
             if other.index != node.index:
                 command += ["--join", other.address]

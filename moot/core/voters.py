@@ -17,9 +17,11 @@ Rules, first match wins:
    step below its fault tolerance.
 3. **Gone voters** are removed (left at once; dead after the grace period,
    so a restart within it costs no reconfiguration).
-4. **Trim.** With more live voters than wanted (the federation shrank), one
-   voter other than the leader is removed; and a learner no longer needed
-   is removed.
+4. **Trim.** With more live voters than wanted (the federation shrank) and
+   every voter healthy, one voter other than the leader is removed; and a
+   learner no longer needed is removed. Never while a voter is dead within
+   its grace or suspect: removing a live voter then could leave the dead
+   ones a majority.
 
 How many voters: ``voters_large`` (5) once ``large_from`` (5) members are
 alive, else ``voters_small`` (3), never more than the members alive.
@@ -130,7 +132,9 @@ def plan(
         if voter != leader_id and gone(voter):
             return ConfChange("remove", voter)
 
-    if len(live_voters) > wanted:
+    # Trim only a healthy group: while a voter is dead (not yet past its
+    # grace) or suspect, removing a live one could leave a majority dead.
+    if len(live_voters) > wanted and all(healthy(v) for v in conf.voters):
         removable = [v for v in live_voters if v != leader_id]
         if removable:
             return ConfChange("remove", _most_voters(removable, live_voters, status))

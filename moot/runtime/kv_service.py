@@ -241,6 +241,8 @@ class KvService:
                 )
             )
         self.server.advance(out)
+        if any(entry.kind == "conf_change" for entry in raft_out.committed_entries):
+            self._next_plan_ms = 0  # one change done: plan the next at once
         revision = self.server.state.revision
         if self._watches and (revision != self._pushed_revision or raft_out.restore_snapshot):
             self._push_watches()
