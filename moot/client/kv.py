@@ -61,8 +61,8 @@ if TYPE_CHECKING:
 
 KV_TIMEOUT_S = 10.0  # a call's deadline across retries and failover
 NO_QUORUM_AFTER_S = 1.0  # no leader anywhere reachable for this long: NoQuorum
-RETRY_DELAY_S_MIN = 0.01
-RETRY_DELAY_S_MAX = 0.2
+RETRY_DELAY_S_MIN = 0.005
+RETRY_DELAY_S_MAX = 0.05
 ATTEMPT_TIMEOUT_S = 2.0  # one node silent this long: try another
 WATCH_QUEUE_EVENTS_MAX = 100_000
 

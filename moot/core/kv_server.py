@@ -304,6 +304,11 @@ class KvServer:
         self._now_ms = now_ms
         return self._absorb(now_ms, self._raft.transfer_leadership(now_ms, target), [])
 
+    def leader_unreachable(self, now_ms: int, node_id: str) -> ServerOutput:
+        """A hint that ``node_id``'s connection closed (``RaftNode.leader_unreachable``)."""
+        self._now_ms = now_ms
+        return self._absorb(now_ms, self._raft.leader_unreachable(now_ms, node_id), [])
+
     def campaign(self, now_ms: int) -> ServerOutput:
         """Start an election now."""
         self._now_ms = now_ms

@@ -322,6 +322,21 @@ class RaftNode:
             self._step(now_ms, message)
         return self._finish()
 
+    def leader_unreachable(self, now_ms: int, node_id: str) -> Output:
+        """A hint that ``node_id`` is gone (its connection closed, as a
+        killed process's does at once). If it is our leader, campaign as
+        soon as its lease allows — when an election timeout has passed since
+        we last heard from it, plus a little jitter — instead of the usual
+        random wait of one to two timeouts. The lease itself is untouched:
+        if the leader is in fact alive, no vote is granted any earlier than
+        without the hint, so lease reads stay safe."""
+        self._begin(now_ms)
+        if self.role == "follower" and self.leader_id == node_id and self._promotable():
+            jitter = self._rng.randrange(1, max(2, self.config.heartbeat_interval_ms))
+            hinted = self._last_leader_contact_ms + self.config.election_timeout_ms + jitter
+            self._election_deadline_ms = min(self._election_deadline_ms, max(now_ms, hinted))
+        return self._finish()
+
     def propose(self, now_ms: int, data: bytes) -> Output:
         """Append ``data`` as a new entry; ``result`` says where, or why not."""
         self._begin(now_ms)

@@ -130,6 +130,12 @@ class KvService:
         now = monotonic_ms()
         self._carry_out(self.server.step(now, message))
 
+    def on_peer_lost(self, node_id: str) -> None:
+        """A node's connection closed: if it led us, elect sooner (a hint)."""
+        raft = self.server.raft
+        if raft.role == "follower" and raft.leader_id == node_id:
+            self._carry_out(self.server.leader_unreachable(monotonic_ms(), node_id))
+
     def on_kv_call(self, peer: Peer, message: wire.KvCall) -> None:
         """A client's request; answered in the next round."""
         request_id = self._next_request_id

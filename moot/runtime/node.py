@@ -157,6 +157,7 @@ class Node:
             cluster=self.cluster,
             node_certificate=paths,
             on_message=self._on_message,
+            on_peer_lost=self._on_peer_lost,
             config=TransportConfig(),
             logger=self.log,
         )
@@ -284,6 +285,10 @@ class Node:
                     message=f"a node does not accept {type(message).__name__} here",
                 )
             )
+
+    def _on_peer_lost(self, node_id: str, reason: str) -> None:
+        if self.kv is not None:
+            self.kv.on_peer_lost(node_id)
 
     def _apply(self, out: Output) -> None:
         # Contract order: persist, then send, then notify.

@@ -872,6 +872,7 @@ class Transport:
         logger: StructuredLogger | None = None,
         advertise_address: str | None = None,
         random_source: random.Random | None = None,
+        on_peer_lost: Callable[[str, str], None] | None = None,
     ) -> None:
         identity.validate_node_id(node_id)
         if (tls is None) == (node_certificate is None):
@@ -892,6 +893,7 @@ class Transport:
         self.faults = faults if faults is not None else Faults.from_environment(logger=self.logger)
         self.random = random_source or random.Random()
         self._on_message = on_message
+        self._on_peer_lost = on_peer_lost
         self._listen_host, self._listen_port = parse_address(listen_address)
         if advertise_address is not None:
             parse_address(advertise_address)
@@ -1233,6 +1235,13 @@ class Transport:
             if peer._channel is not None:
                 peer._channel.queue.close()
         self.logger.log(level, "peer_closed", peer=remote, peer_node=peer.node_id, reason=reason)
+        if peer.role == "node" and self._on_peer_lost is not None and not self.closing:
+            # A hint, not a verdict: a peer process that died closes its
+            # sockets at once, long before any timeout notices.
+            try:
+                self._on_peer_lost(peer.node_id, reason)
+            except Exception as error:
+                self.logger.error("on_peer_lost_failed", exc_info=error, peer=remote)
         await _close_writer(writer, close_timeout_s)
 
     async def _accept_hello(

@@ -978,3 +978,35 @@ def test_randomized_three_nodes(seed: int) -> None:
 @pytest.mark.parametrize("seed", list(range(100, 130)))
 def test_randomized_five_nodes(seed: int) -> None:
     _replayable(seed, 5)
+
+
+def test_leader_unreachable_hint_elects_at_the_end_of_the_lease_not_before() -> None:
+    config = RaftConfig.sim()
+    net = Net(3, seed=21, config=config)
+    old = net.wait_for_leader(within_ms=3_000)
+    net.run_for(35)
+    net.crash(old.node_id)
+    crashed_at = net.now
+    followers = [n for n in net.live() if n.node_id != old.node_id]
+    for node in followers:
+        lease_end = node.raft._last_leader_contact_ms + config.election_timeout_ms
+        net.handle(node.node_id, node.raft.leader_unreachable(net.local(node.node_id), old.node_id))
+        # Without the hint the campaign waits one to two election timeouts
+        # after the last heartbeat; with it, it starts within a heartbeat of
+        # the lease's end — and never before it, so a live old leader's
+        # lease reads stay safe.
+        assert lease_end < node.raft.next_deadline_ms() <= lease_end + config.heartbeat_interval_ms
+        assert node.raft.role == "follower"
+    new = net.wait_for_leader(within_ms=3_000, among=tuple(n.node_id for n in followers))
+    assert net.now - crashed_at <= config.election_timeout_ms + 2 * config.heartbeat_interval_ms + 20
+    assert new.node_id != old.node_id
+
+
+def test_leader_unreachable_hint_about_a_non_leader_changes_nothing() -> None:
+    net = Net(3, seed=22)
+    leader = net.wait_for_leader(within_ms=3_000)
+    follower, other = [n for n in net.live() if n.node_id != leader.node_id]
+    before = follower.raft.next_deadline_ms()
+    out = net.handle(follower.node_id, follower.raft.leader_unreachable(net.local(follower.node_id), other.node_id))
+    assert follower.raft.next_deadline_ms() == before
+    assert out.messages == []
