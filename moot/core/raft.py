@@ -24,7 +24,9 @@ Algorithm"; Ongaro's dissertation 2014; etcd-io/raft):
   optimistic next index, at most ``inflight_messages_max`` in flight, each
   message at most ``entries_per_message_max`` entries / about
   ``bytes_per_message_max`` bytes), *snapshot* (the follower needs entries
-  we compacted: InstallSnapshot, then probe again).
+  we compacted: InstallSnapshot in ``snapshot_chunk_bytes`` chunks, at most
+  ``snapshot_chunks_inflight_max`` ahead of the follower's SnapshotAck,
+  go-back-N on a gap; installed when the last byte arrives; then replicate).
 - **Commit.** The leader commits the highest index a quorum of voters
   matches, but only if that entry is of its own term (5.4.2, Figure 8);
   a new leader appends an empty entry to commit its predecessors' entries.
@@ -77,6 +79,7 @@ from moot.core.raft_messages import (
     InstallSnapshot,
     RaftMessage,
     Snapshot,
+    SnapshotAck,
     SnapshotMeta,
     TimeoutNow,
     VoteRequest,
@@ -160,9 +163,20 @@ class Progress:
     probe_sent: bool = False
     inflight: deque[int] = field(default_factory=deque)  # last index of each message in flight
     pending_snapshot: int = 0
-    snapshot_sent_ms: int = 0
+    snapshot_sent_ms: int = 0  # when the snapshot last made progress (sent or acknowledged)
+    snapshot_sent_bytes: int = 0
+    snapshot_acked_bytes: int = 0
     recent_active: bool = False
     acked_round: int = 0
+
+
+@dataclass(slots=True)
+class _IncomingSnapshot:
+    """A snapshot arriving in chunks, in order."""
+
+    meta: SnapshotMeta
+    total_bytes: int
+    data: bytearray
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +238,7 @@ class RaftNode:
         self._round = 0
         self._round_sent_ms: dict[int, int] = {}
         self._pending_reads: list[_PendingRead] = []
+        self._incoming_snapshot: _IncomingSnapshot | None = None
         self._reads_waiting_commit: list[tuple[int, bool]] = []
         self._ready_reads: list[ReadState] = []
         self._pending_conf_index = 0
@@ -484,6 +499,8 @@ class RaftNode:
             self._on_leader_message(now_ms, m)
         elif isinstance(m, AppendResponse):
             self._on_append_response(now_ms, m)
+        elif isinstance(m, SnapshotAck):
+            self._on_snapshot_ack(now_ms, m)
         elif isinstance(m, HeartbeatResponse):
             self._on_heartbeat_response(now_ms, m)
         else:
@@ -770,11 +787,57 @@ class RaftNode:
     def _send_snapshot(self, now_ms: int, peer: str, progress: Progress) -> None:
         assert self._snapshot is not None, "compacted without a snapshot"
         assert self._snapshot.meta.index == self._log.snapshot_index
-        self._send(InstallSnapshot(term=self.term, source=self.node_id, target=peer, snapshot=self._snapshot))
         progress.state = "snapshot"
         progress.pending_snapshot = self._snapshot.meta.index
         progress.snapshot_sent_ms = now_ms
+        progress.snapshot_sent_bytes = 0
+        progress.snapshot_acked_bytes = 0
         progress.inflight.clear()
+        self._send_snapshot_chunks(peer, progress, first=True)
+
+    def _send_snapshot_chunks(self, peer: str, progress: Progress, *, first: bool = False) -> None:
+        """Send chunks up to ``snapshot_chunks_inflight_max`` ahead of the
+        follower's acknowledgement (at least one if ``first``)."""
+        assert self._snapshot is not None
+        data = self._snapshot.data
+        chunk_bytes = self.config.snapshot_chunk_bytes
+        window_bytes = chunk_bytes * self.config.snapshot_chunks_inflight_max
+        while first or (
+            progress.snapshot_sent_bytes < len(data)
+            and progress.snapshot_sent_bytes - progress.snapshot_acked_bytes < window_bytes
+        ):
+            first = False
+            offset = progress.snapshot_sent_bytes
+            chunk = data[offset : offset + chunk_bytes]
+            self._send(
+                InstallSnapshot(
+                    term=self.term,
+                    source=self.node_id,
+                    target=peer,
+                    meta=self._snapshot.meta,
+                    total_bytes=len(data),
+                    offset=offset,
+                    chunk=chunk,
+                )
+            )
+            progress.snapshot_sent_bytes = offset + len(chunk)
+
+    def _on_snapshot_ack(self, now_ms: int, m: SnapshotAck) -> None:
+        if self.role != "leader" or m.source not in self._progress:
+            return
+        progress = self._progress[m.source]
+        progress.recent_active = True
+        if progress.state != "snapshot" or m.snapshot_index != progress.pending_snapshot:
+            return  # an ack of a snapshot we no longer send
+        if self._snapshot is None or self._snapshot.meta.index != m.snapshot_index:
+            return  # we compacted again since: the timeout restarts with the new one
+        progress.snapshot_sent_ms = now_ms
+        progress.snapshot_acked_bytes = max(progress.snapshot_acked_bytes, m.received_bytes)
+        if m.gap:
+            # Go back N: resend from what the follower holds.
+            progress.snapshot_acked_bytes = m.received_bytes
+            progress.snapshot_sent_bytes = m.received_bytes
+        self._send_snapshot_chunks(m.source, progress)
 
     def _become_probe(self, progress: Progress, next_index: int) -> None:
         progress.state = "probe"
@@ -1026,22 +1089,59 @@ class RaftNode:
         )
 
     def _on_install_snapshot(self, m: InstallSnapshot) -> None:
-        meta = m.snapshot.meta
-        if meta.index <= self._log.committed:
-            pass  # nothing new: just report where we are
-        elif self._log.matches(meta.index, meta.term):
-            self._log.commit_to(meta.index)  # we hold it all: just commit
-        else:
-            self._log.restore(m.snapshot)
-            self._snapshot = m.snapshot
-            self._handed_index = meta.index
-            self._conf_index = meta.index
-            self._conf_history = [(meta.index, meta.conf)]
-            self._out.snapshot = m.snapshot
-            self._out.restore_snapshot = True
-            assert self._log.applied == meta.index
-        reply = AppendResponse(term=self.term, source=self.node_id, target=m.source, index=self._log.committed)
-        self._send(reply)
+        meta = m.meta
+        if meta.index <= self._log.committed or self._log.matches(meta.index, meta.term):
+            self._incoming_snapshot = None
+            if meta.index > self._log.committed:
+                self._log.commit_to(meta.index)  # we hold it all: just commit
+            self._send(AppendResponse(term=self.term, source=self.node_id, target=m.source, index=self._log.committed))
+            return
+        incoming = self._incoming_snapshot
+        if m.offset == 0:
+            incoming = _IncomingSnapshot(meta, m.total_bytes, bytearray())
+            self._incoming_snapshot = incoming
+        elif incoming is None or incoming.meta != meta or incoming.total_bytes != m.total_bytes or (
+            m.offset != len(incoming.data)
+        ):
+            held = len(incoming.data) if incoming is not None and incoming.meta == meta else 0
+            self._send(
+                SnapshotAck(
+                    term=self.term,
+                    source=self.node_id,
+                    target=m.source,
+                    snapshot_index=meta.index,
+                    received_bytes=held,
+                    gap=m.offset > held,
+                )
+            )
+            return
+        assert incoming is not None
+        if len(incoming.data) + len(m.chunk) > incoming.total_bytes:
+            self._incoming_snapshot = None  # a confused sender: start over when it resends
+            return
+        incoming.data += m.chunk
+        if len(incoming.data) < incoming.total_bytes:
+            self._send(
+                SnapshotAck(
+                    term=self.term,
+                    source=self.node_id,
+                    target=m.source,
+                    snapshot_index=meta.index,
+                    received_bytes=len(incoming.data),
+                )
+            )
+            return
+        self._incoming_snapshot = None
+        snapshot = Snapshot(meta=meta, data=bytes(incoming.data))
+        self._log.restore(snapshot)
+        self._snapshot = snapshot
+        self._handed_index = meta.index
+        self._conf_index = meta.index
+        self._conf_history = [(meta.index, meta.conf)]
+        self._out.snapshot = snapshot
+        self._out.restore_snapshot = True
+        assert self._log.applied == meta.index
+        self._send(AppendResponse(term=self.term, source=self.node_id, target=m.source, index=self._log.committed))
 
     # -- membership -------------------------------------------------------------------
 

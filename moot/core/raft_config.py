@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from moot.core.raft_messages import SNAPSHOT_CHUNK_BYTES_MAX
+
 
 @dataclass(frozen=True, slots=True)
 class RaftConfig:
@@ -75,6 +77,14 @@ class RaftConfig:
     """Committed entries handed out in one Output (etcd's
     MaxCommittedSizePerReady, by count); the rest follow on the next tick."""
 
+    snapshot_chunk_bytes: int = 1024 * 1024
+    """Bytes per InstallSnapshot message. etcd streams snapshots over HTTP;
+    chunks of 1 MiB keep each frame small and let acks pace the sender."""
+
+    snapshot_chunks_inflight_max: int = 8
+    """Chunks sent ahead of the follower's acknowledgement: bounds the bytes
+    one catching-up follower puts in the leader's send queue."""
+
     pending_reads_max: int = 4_096
     """ReadIndex requests waiting for a heartbeat round or the apply loop."""
 
@@ -90,7 +100,13 @@ class RaftConfig:
             "uncommitted_bytes_max",
             "committed_entries_per_output_max",
             "pending_reads_max",
+            "snapshot_chunk_bytes",
+            "snapshot_chunks_inflight_max",
         )
+        if self.snapshot_chunk_bytes > SNAPSHOT_CHUNK_BYTES_MAX:
+            raise ValueError(
+                f"RaftConfig.snapshot_chunk_bytes must be at most {SNAPSHOT_CHUNK_BYTES_MAX} (one frame)"
+            )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"RaftConfig.{name} must be > 0, got {getattr(self, name)}")
@@ -156,4 +172,6 @@ class RaftConfig:
             bytes_per_message_max=4 * 1024,
             inflight_messages_max=4,
             committed_entries_per_output_max=64,
+            snapshot_chunk_bytes=256,
+            snapshot_chunks_inflight_max=3,
         )

@@ -18,7 +18,8 @@ import msgspec
 NODE_ID_CHARS_MAX: Final = 64  # same cap as wire.NODE_ID_CHARS_MAX
 ENTRIES_PER_MESSAGE_MAX: Final = 4_096  # hard cap; the config's soft cap is far lower
 ENTRY_BYTES_MAX: Final = 8 * 1024 * 1024  # one proposal; below wire.FRAME_BYTES_MAX
-SNAPSHOT_BYTES_MAX: Final = 15 * 1024 * 1024  # one frame (16 MiB) minus headroom
+SNAPSHOT_BYTES_MAX: Final = 2**31 - 1  # a whole snapshot, kept in memory and on disk
+SNAPSHOT_CHUNK_BYTES_MAX: Final = 8 * 1024 * 1024  # one InstallSnapshot frame (16 MiB cap) with headroom
 MEMBERS_MAX: Final = 1_024  # voters + learners of one Raft group
 
 NodeId = Annotated[str, msgspec.Meta(min_length=1, max_length=NODE_ID_CHARS_MAX)]
@@ -39,6 +40,7 @@ class RAFT_TAGS:
     HEARTBEAT_RESPONSE: Final = 45
     INSTALL_SNAPSHOT: Final = 46
     TIMEOUT_NOW: Final = 47
+    SNAPSHOT_ACK: Final = 48
 
 
 class Entry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -166,12 +168,32 @@ class HeartbeatResponse(
 class InstallSnapshot(
     msgspec.Struct, frozen=True, tag=RAFT_TAGS.INSTALL_SNAPSHOT, forbid_unknown_fields=True
 ):
-    """The leader no longer has the entries a follower needs: take this."""
+    """The leader no longer has the entries a follower needs: take this
+    snapshot, sent in chunks (Raft paper, figure 13): ``chunk`` is
+    ``data[offset:offset + len(chunk)]`` of a snapshot ``total_bytes`` long.
+    The follower installs it when the last byte arrives."""
 
     term: Term
     source: NodeId
     target: NodeId
-    snapshot: Snapshot
+    meta: SnapshotMeta
+    total_bytes: Annotated[int, msgspec.Meta(ge=0, le=SNAPSHOT_BYTES_MAX)]
+    offset: Annotated[int, msgspec.Meta(ge=0, le=SNAPSHOT_BYTES_MAX)] = 0
+    chunk: Annotated[bytes, msgspec.Meta(max_length=SNAPSHOT_CHUNK_BYTES_MAX)] = b""
+
+
+class SnapshotAck(msgspec.Struct, frozen=True, tag=RAFT_TAGS.SNAPSHOT_ACK, forbid_unknown_fields=True):
+    """A follower has the first ``received_bytes`` of the snapshot at
+    ``snapshot_index`` (flow control). ``gap``: a chunk arrived out of order;
+    resend from ``received_bytes``. The installed snapshot is acknowledged by
+    an ``AppendResponse``."""
+
+    term: Term
+    source: NodeId
+    target: NodeId
+    snapshot_index: Index
+    received_bytes: Annotated[int, msgspec.Meta(ge=0, le=SNAPSHOT_BYTES_MAX)]
+    gap: bool = False
 
 
 class TimeoutNow(msgspec.Struct, frozen=True, tag=RAFT_TAGS.TIMEOUT_NOW, forbid_unknown_fields=True):
@@ -191,6 +213,7 @@ RaftMessage = (
     | HeartbeatResponse
     | InstallSnapshot
     | TimeoutNow
+    | SnapshotAck
 )
 RAFT_MESSAGE_TYPES: Final = (
     VoteRequest,
@@ -201,6 +224,7 @@ RAFT_MESSAGE_TYPES: Final = (
     HeartbeatResponse,
     InstallSnapshot,
     TimeoutNow,
+    SnapshotAck,
 )
 
 _conf_encoder: Final = msgspec.msgpack.Encoder()

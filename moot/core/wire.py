@@ -37,6 +37,7 @@ from moot.core.raft_messages import (
     Heartbeat,
     HeartbeatResponse,
     InstallSnapshot,
+    SnapshotAck,
     TimeoutNow,
     VoteRequest,
     VoteResponse,
@@ -402,6 +403,7 @@ Message = (
     | HeartbeatResponse
     | InstallSnapshot
     | TimeoutNow
+    | SnapshotAck
     | KvCall
     | KvAnswer
     | WatchRequest

@@ -25,6 +25,7 @@ from moot.core.raft_messages import (
     Entry,
     HardState,
     Heartbeat,
+    InstallSnapshot,
     RaftMessage,
     TimeoutNow,
     VoteRequest,
@@ -536,6 +537,43 @@ def test_snapshot_is_installed_on_a_follower_behind_the_first_index() -> None:
     net.crash(lagger.node_id)
     net.restart(lagger.node_id)
     net.wait_applied((lagger.node_id,), after.index)
+
+
+def test_a_snapshot_travels_in_paced_chunks_and_a_lost_chunk_is_resent() -> None:
+    config = dataclasses.replace(RaftConfig.sim(), snapshot_chunk_bytes=64, snapshot_chunks_inflight_max=2)
+    net = Net(3, seed=9, config=config)
+    leader = net.wait_for_leader()
+    lagger = next(n for n in net.live() if n is not leader)
+    net.crash(lagger.node_id)
+    for i in range(40):
+        last = net.propose(leader.node_id, f"entry-{i:04d}".encode())
+    assert isinstance(last, Accepted)
+    net.wait_applied(tuple(n.node_id for n in net.live()), last.index)
+    index = leader.applied_index()
+    state = encode_state(leader.applied)
+    assert len(state) > 10 * config.snapshot_chunk_bytes
+    net.handle(leader.node_id, leader.raft.compact(net.now, index, state))
+    chunks: list[InstallSnapshot] = []
+    dropped: list[int] = []
+
+    def lose_the_third_chunk(message: RaftMessage) -> bool:
+        if isinstance(message, InstallSnapshot):
+            chunks.append(message)
+            assert len(message.chunk) <= config.snapshot_chunk_bytes
+            if message.offset == 2 * config.snapshot_chunk_bytes and not dropped:
+                dropped.append(message.offset)
+                return False
+        return True
+
+    net.filter = lose_the_third_chunk
+    net.restart(lagger.node_id)
+    lagger = net.nodes[lagger.node_id]
+    net.wait_applied((lagger.node_id,), index, within_ms=5_000)
+    assert dropped, "the test never dropped a chunk"
+    assert lagger.raft.first_index == index + 1
+    offsets = [c.offset for c in chunks]
+    assert offsets.count(2 * config.snapshot_chunk_bytes) >= 2, "the lost chunk was not resent"
+    assert max(offsets) + len(chunks[offsets.index(max(offsets))].chunk) == len(state)
 
 
 # -- membership -------------------------------------------------------------------------
