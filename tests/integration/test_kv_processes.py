@@ -206,3 +206,72 @@ def test_dead_voters_are_replaced_one_by_one_and_writes_continue(tmp_path: Path)
             with moot.connect(survivors, cluster=fed.cluster_dir) as rest:
                 rest.kv.put("voters/round", str(round_number))
                 assert rest.kv.get("voters/round") == str(round_number).encode()
+
+
+def test_a_node_with_a_corrupt_log_refuses_to_start_and_names_file_and_index(tmp_path: Path) -> None:
+    import sqlite3
+
+    fed = LocalFederation(3, directory=tmp_path / "fed")
+    with fed:
+        leader = fed.leader()
+        for i in range(20):
+            fed.client().kv.put(f"corrupt/{i}", "v")
+        victim = (leader + 1) % 3
+        node = fed.nodes[victim]
+        database = node.data_dir / "raft.db"
+        with moot.connect([node.address], cluster=fed.cluster_dir) as alone:
+            deadline = time.monotonic() + 10
+            while alone.kv.get("corrupt/19", consistency="stale") is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)  # polling the follower's apply with a deadline
+        fed.kill(victim)
+        db = sqlite3.connect(database)
+        try:
+            index, data = db.execute(
+                "SELECT idx, data FROM entries WHERE length(data) > 0 ORDER BY idx DESC LIMIT 1"
+            ).fetchone()
+            flipped = bytes([data[0] ^ 0xFF]) + data[1:]
+            db.execute("UPDATE entries SET data = ? WHERE idx = ?", (flipped, index))
+            db.commit()
+        finally:
+            db.close()
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "moot", "node", "start",
+                "--cluster", str(fed.cluster_dir),
+                "--data-dir", str(node.data_dir),
+                "--listen", node.address,
+                "--join", fed.addresses[leader],
+            ],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode != 0
+        assert str(database) in result.stderr
+        assert f"index {index}" in result.stderr
+        # The rest of the federation serves every write, unharmed.
+        survivors = [a for i, a in enumerate(fed.addresses) if i != victim]
+        with moot.connect(survivors, cluster=fed.cluster_dir) as rest:
+            assert rest.kv.get("corrupt/19") == b"v"
+
+
+def test_a_watch_survives_the_loss_of_the_node_serving_it(tmp_path: Path) -> None:
+    fed = LocalFederation(3, directory=tmp_path / "fed")
+    with fed:
+        leader = fed.leader()
+        serving = (leader + 1) % 3  # a follower serves the watch; killing it keeps the quorum
+        order = [fed.addresses[serving]] + [a for i, a in enumerate(fed.addresses) if i != serving]
+        with moot.connect(order, cluster=fed.cluster_dir) as watcher, moot.connect(
+            fed.addresses, cluster=fed.cluster_dir
+        ) as writer:
+            start = writer.kv.put("failover/0", "0")
+            with watcher.kv.watch("failover/", start_revision=start) as watch:
+                first = watch.get(timeout_s=10)
+                assert first is not None and first.key == b"failover/0"
+                fed.kill(serving)
+                revisions = [writer.kv.put(f"failover/{i}", str(i)) for i in range(1, 21)]
+                seen = []
+                for _ in revisions:
+                    event = watch.get(timeout_s=20)
+                    assert event is not None, f"the watch stalled after {len(seen)} events"
+                    seen.append(event.revision)
+                assert seen == revisions, "events were lost, duplicated or reordered across the failover"
