@@ -57,6 +57,7 @@ class Client:
         self._thread = threading.Thread(target=self._loop.run_forever, name="moot-client", daemon=True)
         self._thread.start()
         self._closed = False
+        self._closing: set[asyncio.Future[None]] = set()
         self.kv = Kv(self)
         """The replicated key-value store (``moot.client.kv``)."""
 
@@ -140,14 +141,19 @@ class Client:
         return await connection.request(message, timeout_ms)
 
     async def _drop(self, address: str) -> None:
+        """Forget the connection to ``address`` now; close it in the
+        background (a silent node would make a polite close wait)."""
         connection = self._connections.pop(address, None)
         if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            task = asyncio.ensure_future(_close_quietly(connection))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def _close_all(self) -> None:
         for address in list(self._connections):
             await self._drop(address)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     def _run(self, coroutine: Coroutine[Any, Any, T], *, timeout_s: float) -> T:
         future = asyncio.run_coroutine_threadsafe(_with_timeout(coroutine, timeout_s), self._loop)
@@ -155,6 +161,11 @@ class Client:
             return future.result()
         except MootError:
             raise
+
+
+async def _close_quietly(connection: ClientConnection) -> None:
+    with contextlib.suppress(Exception):
+        await connection.close()
 
 
 async def _with_timeout(coroutine: Coroutine[Any, Any, T], timeout_s: float) -> T:

@@ -63,8 +63,10 @@ KV_TIMEOUT_S = 10.0  # a call's deadline across retries and failover
 NO_QUORUM_AFTER_S = 1.0  # no leader anywhere reachable for this long: NoQuorum
 RETRY_DELAY_S_MIN = 0.005
 RETRY_DELAY_S_MAX = 0.05
-ATTEMPT_TIMEOUT_S = 2.0  # one node silent this long: try another
+ATTEMPT_TIMEOUT_S = 1.0  # one node silent this long (connecting included): try another
+FAILED_NODE_AVOID_S = 1.0  # a node that just failed is tried last for this long
 WATCH_QUEUE_EVENTS_MAX = 100_000
+WATCH_KEEPALIVE_S = 2.0  # a watch with no events checks its node is alive this often
 
 KeyValue = kv.KeyValue
 Event = kv.Event
@@ -195,7 +197,19 @@ class Kv:
         deadline = started + self.timeout_s
         addresses = list(self._client.addresses)
         target = self._leader or addresses[0]
-        rotation = itertools.cycle(addresses)
+        failed_at: dict[str, float] = {}
+
+        def after(address: str) -> str:
+            """The next address to try after ``address``: the following one in
+            the list that has not failed within the last second, if any."""
+            position = addresses.index(address) if address in addresses else -1
+            now = time.monotonic()
+            for step in range(1, len(addresses) + 1):
+                candidate = addresses[(position + step) % len(addresses)]
+                if candidate != address and now - failed_at.get(candidate, -1e9) > FAILED_NODE_AVOID_S:
+                    return candidate
+            return addresses[(position + 1) % len(addresses)]
+
         delay = RETRY_DELAY_S_MIN
         no_leader_since: float | None = None
         outcome_unknown = False
@@ -205,16 +219,23 @@ class Kv:
             if now >= deadline:
                 what = "the write may or may not have happened" if write and outcome_unknown else "nothing happened"
                 raise Timeout(f"no answer within {self.timeout_s:.1f}s ({what}); the federation may be overloaded")
+            attempt_s = min(ATTEMPT_TIMEOUT_S, deadline - now)
             try:
-                answer = await self._client._request_on(
-                    target,
-                    wire.KvCall(request_id=next(self._request_ids), request=request),
-                    timeout_s=min(ATTEMPT_TIMEOUT_S, deadline - now),
-                )
+                # The whole attempt, connecting included: a paused node
+                # accepts TCP connections and then never answers the TLS
+                # handshake (found by the chaos test: a put took 6.7 s
+                # against a 5 s deadline).
+                async with asyncio.timeout(attempt_s):
+                    answer = await self._client._request_on(
+                        target,
+                        wire.KvCall(request_id=next(self._request_ids), request=request),
+                        timeout_s=attempt_s,
+                    )
             except (OSError, ConnectionError, asyncio.IncompleteReadError, wire.RemoteProtocolError) as error:
                 if isinstance(error, TimeoutError):
                     outcome_unknown = True
-                unreachable[target] = str(error)
+                failed_at[target] = time.monotonic()
+                unreachable[target] = str(error) or type(error).__name__
                 await self._client._drop(target)
                 if self._leader == target:
                     self._leader = None
@@ -228,7 +249,7 @@ class Kv:
                         + "; ".join(f"{a}: {e}" for a, e in unreachable.items())
                         + ". Check that the nodes run."
                     ) from None
-                target = next(rotation)
+                target = after(target)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_DELAY_S_MAX)
                 continue
@@ -264,7 +285,7 @@ class Kv:
                         "Retry later, or read with consistency='stale'."
                     )
             self._leader = None
-            target = next(rotation)
+            target = after(target)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_DELAY_S_MAX)
 
@@ -287,6 +308,7 @@ class Watch:
         self._events: queue.Queue[Any] = queue.Queue(WATCH_QUEUE_EVENTS_MAX)
         self._task: asyncio.Future[None] | None = None
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None
         self.error: str | None = None
 
     def start(self) -> None:
@@ -367,28 +389,42 @@ class Watch:
 
         failure: list[str] = []
         failed = asyncio.Event()
-        connection: ClientConnection = await open_client_connection(
-            address, self._client.cluster, on_unsolicited=on_message
-        )
+        async with asyncio.timeout(ATTEMPT_TIMEOUT_S * 2):
+            connection: ClientConnection = await open_client_connection(
+                address, self._client.cluster, on_unsolicited=on_message
+            )
         waiters: list[asyncio.Future[Any]] = []
         try:
             reply = await connection.request(
                 wire.WatchRequest(
                     request_id=1, watch_id=watch_id, prefix=self.prefix, start_revision=self.next_revision
-                )
+                ),
+                int(ATTEMPT_TIMEOUT_S * 2000),
             )
             if isinstance(reply, wire.ErrorReply):
                 raise _WatchEnded(reply.message)
             if self.next_revision == 0 and isinstance(reply, wire.WatchAccepted):
                 self.next_revision = reply.revision + 1
             waiters = [asyncio.ensure_future(connection.wait_closed()), asyncio.ensure_future(failed.wait())]
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            request_ids = itertools.count(2)
+            while True:
+                done, _ = await asyncio.wait(
+                    waiters, timeout=WATCH_KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if done:
+                    break
+                # Quiet: make sure the node is still there (a paused or cut
+                # off node keeps the connection open and sends nothing).
+                await connection.request(
+                    wire.StatusRequest(request_id=next(request_ids)), int(ATTEMPT_TIMEOUT_S * 2000)
+                )
             if failure:
                 raise _WatchEnded(failure[0])
         finally:
             for waiter in waiters:
                 waiter.cancel()
-            await connection.close()
+            task = asyncio.ensure_future(connection.close())
+            self._closing = task  # closed in the background: a silent node would make us wait
 
 
 class _WatchEnded(Exception):

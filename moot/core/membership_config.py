@@ -130,8 +130,10 @@ class MembershipConfig:
     # -- derived quantities (the formulas the field docs cite) ---------------
 
     def retransmit_limit(self, member_count: int) -> int:
-        """Times each gossip item is sent: mult * ceil(log10(n + 1))."""
-        return self.retransmit_mult * math.ceil(math.log10(member_count + 1))
+        """Times each gossip item is sent: mult * ceil(log10(n + 1)), at
+        least once (n counts ourselves; after we leave it can be 0 — found
+        by the chaos test: a last node leaving died on the queue's assert)."""
+        return self.retransmit_mult * max(1, math.ceil(math.log10(member_count + 1)))
 
     def suspicion_timeout_min_ms(self, member_count: int) -> int:
         """Minimum suspicion timeout: mult * max(1, log10(n)) * probe interval."""

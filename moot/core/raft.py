@@ -167,6 +167,7 @@ class Progress:
     snapshot_sent_bytes: int = 0
     snapshot_acked_bytes: int = 0
     recent_active: bool = False
+    last_heard_ms: int = -(2**62)  # when the peer last answered us (local clock)
     acked_round: int = 0
 
 
@@ -836,6 +837,7 @@ class RaftNode:
             return
         progress = self._progress[m.source]
         progress.recent_active = True
+        progress.last_heard_ms = now_ms
         if progress.state != "snapshot" or m.snapshot_index != progress.pending_snapshot:
             return  # an ack of a snapshot we no longer send
         if self._snapshot is None or self._snapshot.meta.index != m.snapshot_index:
@@ -859,6 +861,7 @@ class RaftNode:
             return
         progress = self._progress[m.source]
         progress.recent_active = True
+        progress.last_heard_ms = now_ms
         if m.reject:
             self._on_append_rejected(now_ms, m.source, progress, m)
             return
@@ -971,6 +974,7 @@ class RaftNode:
             return
         progress = self._progress[m.source]
         progress.recent_active = True
+        progress.last_heard_ms = now_ms
         progress.acked_round = max(progress.acked_round, m.context)
         if progress.state == "probe":
             progress.probe_sent = False

@@ -16,7 +16,9 @@ Rules, first match wins:
    add the new server before removing the old, so the group never runs a
    step below its fault tolerance.
 3. **Gone voters** are removed (left at once; dead after the grace period,
-   so a restart within it costs no reconfiguration).
+   so a restart within it costs no reconfiguration). A member that answers
+   the leader's Raft messages is never gone: membership is one node's view
+   and may be stale; Raft traffic is first-hand.
 4. **Trim.** With more live voters than wanted (the federation shrank) and
    every voter healthy, one voter other than the leader is removed; and a
    learner no longer needed is removed. Never while a voter is dead within
@@ -90,13 +92,23 @@ def plan(
     caught_up: Mapping[str, bool],
     now_ms: int,
     policy: VoterPolicy,
+    responsive: Mapping[str, bool] | None = None,
 ) -> ConfChange | None:
     """The next change to make, or None (module doc). ``caught_up`` says, per
-    learner, whether the leader would accept its promotion now."""
+    learner, whether the leader would accept its promotion now.
+    ``responsive`` says which members answered the leader's Raft messages
+    lately: such a member is never gone, whatever membership's (one node's,
+    possibly stale) view says."""
     status = {member.node_id: member for member in members}
+    responsive = responsive or {}
     assert leader_id in conf.voters, "only a voter leads"
 
     def gone(node_id: str) -> bool:
+        if responsive.get(node_id, False):
+            # Found by the chaos test: a node kept a stale "dead" view of a
+            # member for 10 s while that member voted for it; as leader it
+            # removed a live voter, and the next fault cost the quorum.
+            return False
         member = status.get(node_id)
         if member is None or member.state == "missing":
             since = member.since_ms if member else now_ms

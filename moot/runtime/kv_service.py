@@ -266,7 +266,9 @@ class KvService:
             self._last_leader = raft.leader_id
             log_event(self.log, logging.INFO, "raft_role", role=raft.role, term=raft.term, leader=raft.leader_id)
             if raft.role == "leader":
-                self._next_plan_ms = monotonic_ms()
+                # A new leader hears from every live member within a
+                # heartbeat or two: plan only once it has.
+                self._next_plan_ms = monotonic_ms() + raft.config.election_timeout_ms
 
     # -- watches ---------------------------------------------------------------------------
 
@@ -305,6 +307,10 @@ class KvService:
         for learner in raft.learners:
             progress = raft.progress(learner)
             caught_up[learner] = progress is not None and progress.match * 10 >= raft.commit_index * 9
+        responsive = {}
+        for member in (*raft.voters, *raft.learners):
+            progress = raft.progress(member)
+            responsive[member] = progress is not None and now - progress.last_heard_ms <= raft.config.election_timeout_ms
         statuses = list(self._member_statuses(now))
         known = {status.node_id for status in statuses}
         for node_id in (*raft.voters, *raft.learners):
@@ -320,6 +326,7 @@ class KvService:
             caught_up=caught_up,
             now_ms=now,
             policy=self.policy,
+            responsive=responsive,
         )
         if change is None:
             return

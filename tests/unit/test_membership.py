@@ -283,3 +283,27 @@ def test_leaving_while_still_retrying_a_join_keeps_the_tick_contract() -> None:
         net.now = deadline
         net.apply("n0", node.tick(deadline))
         assert node.next_deadline_ms() > net.now
+
+
+def test_the_last_node_leaving_still_gossips_with_a_transmit_limit_of_at_least_one() -> None:
+    """Regression (found by the chaos test): everyone else had left and one
+    member was recently dead, so after our own leave the alive count was 0,
+    the retransmit limit 0, and the gossip round failed the queue's assert."""
+    assert MembershipConfig.sim().retransmit_limit(0) >= 1
+    net = Net(3, seed=5)
+    net.join_all()
+    net.run_until(2_000)
+    net.apply("n1", net.nodes["n1"].leave(net.now))
+    net.run_until(3_000)
+    net.down.add("n2")
+    node = net.nodes["n0"]
+    deadline = net.now + 60_000
+    while node.alive_count() > 1:  # until n0 declares n2 dead (still a gossip target for a while)
+        assert net.now < deadline, net.states("n0")
+        net.run_until(net.now + 100)
+    net.apply("n0", node.leave(net.now))
+    assert node.alive_count() == 0
+    end = net.now + 3_000
+    while net.now < end:
+        net.now = max(node.next_deadline_ms(), net.now)
+        net.apply("n0", node.tick(net.now))

@@ -194,3 +194,18 @@ def test_no_change_ever_leaves_the_live_voters_short_of_a_majority(seed: int) ->
         new_live = [v for v in new.voters if states[v] in ("alive", "suspect")]
         assert len(new_live) * 2 > len(new.voters), (conf, change, states)
         conf = new
+
+
+def test_a_voter_that_answers_raft_is_never_removed_whatever_membership_says() -> None:
+    # Found by the chaos test: the leader's membership view held a live
+    # voter dead for 10 s (a stale rumour) while that voter voted for it.
+    conf = ConfState(("a", "b", "c"))
+    states = members({"a": "alive", "b": "alive", "c": "dead", "d": "alive"}, since_ms=0)
+    stale_view = plan(
+        conf, leader_id="a", members=states, caught_up={}, now_ms=10_000, policy=POLICY, responsive={"c": True}
+    )
+    assert stale_view is None
+    truly_dead = plan(
+        conf, leader_id="a", members=states, caught_up={}, now_ms=10_000, policy=POLICY, responsive={"c": False}
+    )
+    assert truly_dead == ConfChange("add_learner", "d")
