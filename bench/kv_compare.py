@@ -8,8 +8,8 @@ runs as three real processes on this machine, started and stopped by this
 script one after the other (never two at once), and is driven by client
 threads in this process with the same concurrency:
 
-- **moot**: ``LocalFederation(3)`` (profile ``local``: heartbeat 50 ms,
-  election timeout 300 ms), through the Python client ``moot.connect``
+- **moot**: ``LocalFederation(3)`` (profile ``local``: heartbeat 40 ms,
+  election timeout 200 ms), through the Python client ``moot.connect``
   (mutual TLS, msgspec frames). Every write is fsync'd on a majority before
   it returns.
 - **etcd**: a 3-member cluster of the Debian ``etcd`` binary with default

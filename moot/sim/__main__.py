@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     raft.add_argument("--lease", action=argparse.BooleanOptionalAction, default=None, help="lease reads on/off")
     raft.add_argument("--torn", type=float, default=None, help="probability a crash lands mid-output")
     raft.add_argument("--snapshot-entries", type=int, default=None, help="entries applied between snapshots")
+    raft.add_argument("--spares", type=int, default=None, help="nodes beyond the founders, started with voters=()")
+    raft.add_argument(
+        "--conf-changes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bootstrap from the log and let the voter planner (and chaos) change the configuration",
+    )
     raft.add_argument("--no-audit", action="store_true", help="skip the persist-before-send audit")
     raft.add_argument("--verbose", action="store_true", help="print the full event trace")
     return parser
@@ -131,6 +138,8 @@ def raft_options_from_arguments(arguments: argparse.Namespace) -> RaftScenarioOp
         "lease_reads": arguments.lease,
         "torn_probability": arguments.torn,
         "snapshot_entries": arguments.snapshot_entries,
+        "spares": arguments.spares,
+        "conf_changes": arguments.conf_changes,
     }
     return dataclasses.replace(options, **{name: value for name, value in overrides.items() if value is not None})
 

@@ -7,6 +7,13 @@ A run, all of it a function of ``RaftScenarioOptions`` (the seed above all):
    ``snapshot_entries`` so compaction and InstallSnapshot happen in every
    run. Each node's ``Disk`` holds ``hard_state``, ``snapshot`` and
    ``entries``; a restart rebuilds the server from exactly those.
+   **Membership runs** (``conf_changes``, half the sweep): N is 1 or 3 and
+   ``spares`` more nodes (5 or 6 in all) run too. Every node is built with
+   ``voters=()``, as a real node is: the N founders' disks hold the
+   bootstrap log (``add_learner``, ``promote`` of each founder at indexes
+   1..2N, term 1, committed; the runtime's ``_bootstrap`` for one founder),
+   a spare's disk is empty, so it learns the configuration only from the
+   log or a snapshot once it is added.
 2. **Effects contract.** Every ``ServerOutput`` is carried out as
    ``kv_server`` documents: persist (snapshot, then entries — replacing the
    stored suffix from the first new index — then hard state), send, deliver
@@ -36,13 +43,32 @@ A run, all of it a function of ``RaftScenarioOptions`` (the seed above all):
    timings scaled to Raft's): crashes and restarts, symmetric and one-way
    partitions, loss, duplication, forward clock steps; clock drift all run.
    ``raft_checks`` runs after every output of every node.
-6. **Liveness phase**: everything heals and down nodes restart (except
+6. **Conf changes** (membership runs): every ``PLAN_INTERVAL_MS``, and at
+   once after a conf change applies, each node that is leader asks the real
+   planner (``moot.core.voters.plan``) for the next single-server change and
+   proposes it with ``KvServer.propose_conf_change``, as the runtime's
+   ``_plan_voters`` does. The planner is fed the simulator's ground truth:
+   an up node is ``alive`` since it started, a down one ``dead`` since it
+   crashed (grace ``DEAD_GRACE_MS``). So the voter set grows from the
+   founders to five, replaces voters dead past the grace, shrinks when
+   nodes are down. In the safety phase, with ``CHAOS_PROBABILITY`` per
+   round, the leader instead proposes what the planner never does: remove
+   itself (it must step down as the removal applies), remove a down voter
+   within its grace, or promote a learner that may not have caught up (the
+   core refuses it until it has).
+7. **Liveness phase**: everything heals and down nodes restart (except
    permanent crashes, at most a minority). Each client then runs
    ``LIVENESS_OPS`` more operations, which must all end with a known
    outcome, then a final linearizable get of every key; all of it and the
    convergence of every up node's applied state must happen within
-   ``LIVENESS_BOUND_MS``.
-7. **End checks**: logs pairwise, identical KV images at equal applied
+   ``LIVENESS_BOUND_MS``. A permanent crash that would leave a configuration
+   some live node holds (or has pending in its log) without a quorum of
+   live voters is revoked at the heal: no Raft group survives losing a
+   majority of its voters, and the planner cannot replace voters without a
+   quorum. Membership runs also wait until every live member holds the
+   leader's configuration, every voter is up and the planner has nothing
+   left to change (so the final voters are live nodes only).
+8. **End checks**: logs pairwise, identical KV images at equal applied
    indexes, the history linearizable (``linearizability.check_kv``; a
    checker that gives up fails the run too), and no acknowledged write lost
    (each acknowledged write is the final value of its key or may have been
@@ -54,7 +80,8 @@ by design (the dissertation, 6.4.1).
 
 Seeds (``world.derive_seed(seed, purpose)``): ``network``, ``clock``,
 ``scenario`` (sizes, clients, torn writes), ``clients``, ``faults``,
-``core/<node_id>/<epoch>``.
+``conf_changes`` (chaos changes), ``core/<node_id>/<epoch>``; the sweep's
+options come from ``options`` and (membership) ``membership``.
 """
 
 from __future__ import annotations
@@ -65,7 +92,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from moot.core import kv
+from moot.core import kv, voters
 from moot.core.kv_server import (
     ClientReply,
     ClientRequest,
@@ -80,11 +107,13 @@ from moot.core.kv_server import (
     WriteReply,
     WriteRequest,
 )
-from moot.core.raft import Output, RaftNode
+from moot.core.raft import Accepted, Output, RaftNode
 from moot.core.raft_config import RaftConfig
 from moot.core.raft_messages import (
     AppendEntries,
     AppendResponse,
+    ConfChange,
+    ConfState,
     Entry,
     HardState,
     InstallSnapshot,
@@ -92,12 +121,14 @@ from moot.core.raft_messages import (
     Snapshot,
     VoteRequest,
     VoteResponse,
+    decode_conf_change,
+    encode_conf_change,
 )
 from moot.sim import faults as fault_plan
 from moot.sim import linearizability as lz
 from moot.sim.faults import ClockStep, Fault, FaultConfig, FaultPlan
 from moot.sim.network import Network, NetworkConfig
-from moot.sim.raft_checks import RaftCheckFailure, RaftChecks
+from moot.sim.raft_checks import RaftCheckFailure, RaftChecks, apply_conf_change
 from moot.sim.world import CoreContractError, SimNode, SimulationFailure, World, derive_seed
 
 KEYS: Final = (b"k0", b"k1", b"k2")
@@ -150,6 +181,25 @@ WANDER_PROBABILITY: Final = 0.3
 LIVENESS_BOUND_MS: Final = 3_000
 CONVERGENCE_POLL_MS: Final = 20
 
+# Membership runs: the leader plans every PLAN_INTERVAL_MS (the runtime's
+# VOTER_PLAN_INTERVAL_MS is 250 ms against a 1 s election timeout; the sim
+# profile's is 100 ms). A voter down for DEAD_GRACE_MS (3 election timeouts)
+# is replaced: some crashes of the plan (50-800 ms) outlast it, some do not.
+PLAN_INTERVAL_MS: Final = 50
+DEAD_GRACE_MS: Final = 300
+VOTER_POLICY: Final = voters.VoterPolicy(dead_grace_ms=DEAD_GRACE_MS)
+# Per leader per planning round in the safety phase: a change the planner
+# would not make (module doc, step 6).
+CHAOS_PROBABILITY: Final = 0.08
+ChaosKind = Literal["remove_self", "remove_down_voter", "early_promote"]
+CHAOS_WEIGHTS: Final[tuple[tuple[ChaosKind, int], ...]] = (
+    ("remove_self", 3),
+    ("remove_down_voter", 2),
+    ("early_promote", 1),
+)
+# Zones of the nodes (by index), so the planner's placement rule has a choice.
+ZONES: Final = ("z0", "z1", "z2")
+
 # Linearizability check budget: histories are tens of operations on three
 # keys, which check in well under a thousand steps unless something is off.
 CHECK_STEPS_MAX: Final = 2_000_000
@@ -178,6 +228,11 @@ class RaftScenarioOptions:
     lease_reads: bool = False
     torn_probability: float = 0.5
     snapshot_entries: int = 8
+    spares: int = 0
+    """Nodes beyond the ``nodes`` founders, started with an empty configuration."""
+    conf_changes: bool = False
+    """Bootstrap the founders through the log and let the planner (and chaos)
+    change the voter set (module doc, step 6)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that makes no sense."""
@@ -193,21 +248,39 @@ class RaftScenarioOptions:
             raise ValueError("--torn must be within [0, 1]")
         if self.snapshot_entries < 1:
             raise ValueError("--snapshot-entries must be >= 1")
+        if self.spares < 0:
+            raise ValueError("--spares must be >= 0")
+        if self.spares and not self.conf_changes:
+            raise ValueError("--spares needs --conf-changes: a spare only joins through a conf change")
 
     def command(self) -> str:
-        """The command line that replays this run exactly."""
+        """The command line that replays this run exactly.
+
+        ``spares`` and ``conf_changes`` appear only when they differ from
+        what the seed draws (``for_seed``), which the command line starts
+        from: the CLI of this commit has no flags for them yet.
+        """
+        drawn = RaftScenarioOptions.for_seed(self.seed)
+        membership = ""
+        if (self.spares, self.conf_changes) != (drawn.spares, drawn.conf_changes):
+            membership = f" --spares {self.spares} {'--conf-changes' if self.conf_changes else '--no-conf-changes'}"
         return (
             f"python -m moot.sim raft --seed {self.seed} --nodes {self.nodes} "
             f"--duration-ms {self.duration_ms} --clients {self.clients} "
             f"{'--faults' if self.faults else '--no-faults'} {'--lease' if self.lease_reads else '--no-lease'} "
-            f"--torn {self.torn_probability} --snapshot-entries {self.snapshot_entries}"
+            f"--torn {self.torn_probability} --snapshot-entries {self.snapshot_entries}{membership}"
         )
+
+    @property
+    def node_count(self) -> int:
+        """Founders and spares."""
+        return self.nodes + self.spares
 
     @classmethod
     def for_seed(cls, seed: int) -> RaftScenarioOptions:
         """The options the CI sweep runs for ``seed``: size, clients, leases and compaction vary."""
         rng = random.Random(derive_seed(seed, "options"))
-        return cls(
+        options = cls(
             seed=seed,
             nodes=rng.choice((3, 3, 5)),
             duration_ms=rng.choice((1_000, 1_500, 2_000)),
@@ -217,6 +290,14 @@ class RaftScenarioOptions:
             torn_probability=0.5,
             snapshot_entries=rng.choice((4, 8, 16)),
         )
+        # Its own stream: the draws above (and so the runs of the seeds
+        # without conf changes) are what they were before membership runs.
+        membership = random.Random(derive_seed(seed, "membership"))
+        if membership.random() < 0.5:
+            return options
+        founders = membership.choice((1, 3, 3))
+        total = membership.choice((5, 6))
+        return dataclasses.replace(options, nodes=founders, spares=total - founders, conf_changes=True)
 
 
 @dataclass(slots=True)
@@ -240,6 +321,11 @@ class RaftScenarioResult:
     applied_max: int
     check_steps: int
     liveness_ms: int | None
+    conf_changes: dict[str, int] = field(default_factory=dict)
+    leader_self_removals: int = 0
+    conf_refusals: int = 0
+    final_voters: tuple[str, ...] = ()
+    revoked_permanent_crashes: int = 0
     checks: list[str] = field(default_factory=list)
 
     def report(self) -> list[str]:
@@ -253,7 +339,16 @@ class RaftScenarioResult:
             f"{self.compactions} compactions, {self.snapshots_sent} InstallSnapshot sent",
             f"crashes: {self.crashes} (torn mid-output: {torn})",
             f"liveness: converged {self.liveness_ms} ms after the heal (bound {LIVENESS_BOUND_MS})",
-        ]
+        ] + (
+            [
+                "conf changes committed: "
+                + " ".join(f"{kind}={count}" for kind, count in self.conf_changes.items())
+                + f"; {self.leader_self_removals} leader self-removals, {self.conf_refusals} proposals refused, "
+                f"{self.revoked_permanent_crashes} permanent crashes revoked; final voters {self.final_voters}"
+            ]
+            if self.options.conf_changes
+            else []
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +393,10 @@ class RaftHost:
     def compact(self, now_ms: int) -> HostEffects:
         """Snapshot and compact the log."""
         return HostEffects(self.server.compact(now_ms))
+
+    def propose_conf_change(self, now_ms: int, change: ConfChange) -> HostEffects:
+        """A single-server membership change (leader only; ``raft.result`` says if accepted)."""
+        return HostEffects(self.server.propose_conf_change(now_ms, change))
 
     def next_deadline_ms(self) -> int:
         """When ``tick`` is next due."""
@@ -415,11 +514,23 @@ class RaftScenario:
         self.world: World[RaftHost, HostEffects] = World(
             self, network, root_seed=seed, audit=audit, trace_messages=trace_messages, trace_sink=trace_sink
         )
-        clocks = fault_plan.plan_clocks(random.Random(derive_seed(seed, "clock")), options.nodes, self.fault_config)
-        for index in range(options.nodes):
+        clocks = fault_plan.plan_clocks(
+            random.Random(derive_seed(seed, "clock")), options.node_count, self.fault_config
+        )
+        for index in range(options.node_count):
             self.world.add_node(f"n{index}", f"n{index}", "local", clocks.clock(index))
-        self.voters = tuple(node.node_id for node in self.world.nodes)
-        self.checks = RaftChecks(self._live_rafts)
+        self.voters = tuple(node.node_id for node in self.world.nodes[: options.nodes])
+        # Membership runs bootstrap through the log (every node is built with
+        # voters=()); the others pass the founders to the constructor.
+        bootstrap_conf = ConfState(()) if options.conf_changes else ConfState(tuple(sorted(self.voters)))
+        self.checks = RaftChecks(self._live_rafts, bootstrap_conf=bootstrap_conf)
+        self.conf_rng = random.Random(derive_seed(seed, "conf_changes"))
+        self._since_ms = [0] * options.node_count  # when each node last started or crashed (global)
+        self.leader_self_removals = 0
+        self.conf_refusals = 0
+        self.revoked_permanent_crashes = 0
+        self.final_voters: tuple[str, ...] = ()
+        self._self_removals: dict[tuple[str, int], int] = {}  # (leader, index) of an accepted self-removal -> term
         self.clients = [_Client(index, f"c{index}") for index in range(options.clients)]
         self.history: list[lz.Operation] = []
         self._requests: dict[int, tuple[_Client, _Operation, int]] = {}  # request id -> client, operation, attempt
@@ -452,11 +563,13 @@ class RaftScenario:
 
     def _run(self) -> RaftScenarioResult:
         world = self.world
-        for index in range(self.options.nodes):
+        if self.options.conf_changes:
+            self._bootstrap_founders()
+        for index in range(self.options.node_count):
             world.start(index)
         plan = fault_plan.plan_faults(
             random.Random(derive_seed(self.options.seed, "faults")),
-            self.options.nodes,
+            self.options.node_count,
             self.fault_config,
             safety_start_ms=WARMUP_MS,
             enabled=self.options.faults,
@@ -471,16 +584,36 @@ class RaftScenario:
             start_ms = self.client_rng.randint(0, 50)
             world.schedule(start_ms, f"client {client.client_id} starts", self._next_operation_of(client))
         world.schedule(self.liveness_start_ms, "liveness: clients run their last operations", self._start_liveness)
+        if self.options.conf_changes:
+            world.schedule(PLAN_INTERVAL_MS, "voter plan", self._plan_round)
         world.run_until(self.liveness_deadline_ms)
         if self.liveness_ms is None:
             self._fail_liveness()
         self._final_checks()
         return self._result()
 
+    def _bootstrap_founders(self) -> None:
+        """Write the founders' bootstrap log (module doc, step 1); spares keep an empty disk."""
+        entries: list[Entry] = []
+        for founder in self.voters:
+            for kind in ("add_learner", "promote"):
+                change = ConfChange(kind, founder)
+                entries.append(
+                    Entry(term=1, index=len(entries) + 1, kind="conf_change", data=encode_conf_change(change))
+                )
+        for node in self.world.nodes[: self.options.nodes]:
+            node.disk.writable = True
+            try:
+                node.disk.put("entries", tuple(entries))
+                node.disk.put("hard_state", HardState(term=1, vote="", commit=len(entries)))
+            finally:
+                node.disk.writable = False
+
     def _start_liveness(self) -> None:
         # The heal ran first (scheduled first, same millisecond): no crash
         # may still be waiting to land in the liveness phase.
         self._torn_pending.clear()
+        self._revoke_fatal_permanent_crashes()
         for client in self.clients:
             client.operations_left = LIVENESS_OPS
             if client.operation is None and client.done:
@@ -503,8 +636,19 @@ class RaftScenario:
         leaders = [server for server in servers if server.raft.role == "leader"]
         if len(leaders) != 1:
             return False
-        commit = leaders[0].raft.commit_index
-        return all(server.raft.applied_index == commit for server in servers)
+        leader = leaders[0].raft
+        commit = leader.commit_index
+        members = set(leader.voters) | set(leader.learners)
+        for server in servers:
+            raft = server.raft
+            if raft.node_id not in members:
+                continue  # nobody sends a non-member anything: it may lag forever
+            if raft.applied_index != commit or (raft.voters, raft.learners) != (leader.voters, leader.learners):
+                return False
+        if not self.options.conf_changes:
+            return True
+        up = {node.node_id for node in self.world.nodes if node.up}
+        return all(voter in up for voter in leader.voters) and self._planned_change(leader) is None
 
     def _start_final_reads(self) -> None:
         # Each client reads every key once more: the history then ends with
@@ -521,16 +665,25 @@ class RaftScenario:
             for client in self.clients
             if client.operation is not None
         ]
-        states = [
-            f"{node.node_id}: {node.live_core().server.raft.role} term {node.live_core().server.raft.term} "
-            f"commit {node.live_core().server.raft.commit_index} applied {node.live_core().server.raft.applied_index}"
-            if node.up
-            else f"{node.node_id}: down"
+        states = [self._describe_node(node) for node in self.world.nodes]
+        plans = [
+            f"{node.node_id} would propose {self._planned_change(node.live_core().server.raft)}"
             for node in self.world.nodes
+            if self.options.conf_changes and node.up and node.live_core().server.raft.role == "leader"
         ]
         raise SimulationFailure(
             f"liveness: not converged within {LIVENESS_BOUND_MS} ms of the heal at {self.liveness_start_ms} ms; "
             f"waiting operations: {waiting or 'none'}; nodes: {'; '.join(states)}"
+            + (f"; planner: {'; '.join(plans)}" if plans else "")
+        )
+
+    def _describe_node(self, node: SimNode[RaftHost]) -> str:
+        if not node.up:
+            return f"{node.node_id}: down since {self._since_ms[node.index]} ms"
+        raft = node.live_core().server.raft
+        return (
+            f"{node.node_id}: {raft.role} term {raft.term} leader {raft.leader_id} commit {raft.commit_index} "
+            f"applied {raft.applied_index} last {raft.last_index} voters {raft.voters} learners {raft.learners}"
         )
 
     # -- clients -------------------------------------------------------------------------
@@ -751,6 +904,131 @@ class RaftScenario:
         think_ms = self.client_rng.randint(0, THINK_MS_MAX)
         self.world.schedule(self.world.now_ms + think_ms, f"client {client.client_id} next", self._next_operation_of(client))
 
+    # -- conf changes (membership runs) ---------------------------------------------------
+
+    def _plan_round(self) -> None:
+        """Every leader asks the planner (or, now and then, chaos) for its next change."""
+        world = self.world
+        for node in world.nodes:
+            if node.up and node.live_core().server.raft.role == "leader":
+                self._plan_at(node)
+        world.schedule(world.now_ms + PLAN_INTERVAL_MS, "voter plan", self._plan_round)
+
+    def _plan_now_of(self, index: int, epoch: int) -> Callable[[], None]:
+        def plan_now() -> None:
+            node = self.world.nodes[index]
+            if node.up and node.epoch == epoch and node.live_core().server.raft.role == "leader":
+                self._plan_at(node)
+
+        return plan_now
+
+    def _plan_at(self, node: SimNode[RaftHost]) -> None:
+        world = self.world
+        raft = node.live_core().server.raft
+        change: ConfChange | None = None
+        chaos = ""
+        if world.now_ms < self.liveness_start_ms and self.conf_rng.random() < CHAOS_PROBABILITY:
+            chaos, change = self._chaos_change(raft)
+        if change is None:
+            change = self._planned_change(raft)
+        if change is None:
+            return
+        proposed = change
+        effects = world.call(node.index, lambda core, now_ms: core.propose_conf_change(now_ms, proposed))
+        result = effects.output.raft.result
+        if isinstance(result, Accepted):
+            outcome = f"accepted at {result.index}"
+            if change == ConfChange("remove", node.node_id):
+                self._self_removals[(node.node_id, result.index)] = result.term
+        else:
+            self.conf_refusals += 1
+            outcome = f"refused ({result!r})"
+        world.trace(f"{world.now_ms} conf {node.index} {chaos or 'plan'} {change.kind} {change.node_id} {outcome}")
+
+    def _member_statuses(self) -> list[voters.MemberStatus]:
+        """The simulator's ground truth, as membership would report it (no false suspicions)."""
+        return [
+            voters.MemberStatus(
+                node.node_id,
+                "alive" if node.up else "dead",
+                self._since_ms[node.index],
+                {"zone": ZONES[node.index % len(ZONES)]},
+            )
+            for node in self.world.nodes
+        ]
+
+    def _planned_change(self, raft: RaftNode) -> ConfChange | None:
+        """What ``voters.plan`` says ``raft`` (a leader) should change next; the runtime's ``_plan_voters``."""
+        if raft.node_id not in raft.voters:
+            return None  # the checks fail such a leader; the planner would assert
+        caught_up: dict[str, bool] = {}
+        for learner in raft.learners:
+            progress = raft.progress(learner)
+            caught_up[learner] = progress is not None and progress.match * 10 >= raft.commit_index * 9
+        return voters.plan(
+            ConfState(raft.voters, raft.learners),
+            leader_id=raft.node_id,
+            members=self._member_statuses(),
+            caught_up=caught_up,
+            now_ms=self.world.now_ms,
+            policy=VOTER_POLICY,
+        )
+
+    def _chaos_change(self, raft: RaftNode) -> tuple[ChaosKind, ConfChange]:
+        """A change the planner would not propose (module doc, step 6)."""
+        rng = self.conf_rng
+        up = {node.node_id for node in self.world.nodes if node.up}
+        choices: list[tuple[ChaosKind, ConfChange]] = [("remove_self", ConfChange("remove", raft.node_id))]
+        down_voters = [voter for voter in raft.voters if voter not in up]
+        if down_voters:
+            choices.append(("remove_down_voter", ConfChange("remove", rng.choice(down_voters))))
+        if raft.learners:
+            choices.append(("early_promote", ConfChange("promote", rng.choice(raft.learners))))
+        weights = dict(CHAOS_WEIGHTS)
+        return rng.choices(choices, [weights[kind] for kind, _ in choices])[0]
+
+    def _on_conf_applied(self, node: SimNode[RaftHost], entries: list[Entry], global_ms: int) -> None:
+        """A leader that applied its own removal must have stepped down; a leader plans again at once."""
+        raft = node.live_core().server.raft
+        for entry in entries:
+            if entry.kind != "conf_change":
+                continue
+            term = self._self_removals.pop((node.node_id, entry.index), None)
+            if term is None or term != entry.term:
+                continue
+            self.leader_self_removals += 1
+            if raft.role == "leader":
+                raise RaftCheckFailure(
+                    f"at {global_ms} ms: configuration: {node.node_id} applied its own removal (index "
+                    f"{entry.index}) and is still leader of term {raft.term}"
+                )
+        if raft.role == "leader":
+            # The runtime plans again as soon as a change applied.
+            self.world.schedule(global_ms, f"voter plan {node.node_id}", self._plan_now_of(node.index, node.epoch))
+
+    def _revoke_fatal_permanent_crashes(self) -> None:
+        """Restart permanently down nodes a configuration in play needs for a quorum (module doc, step 7)."""
+        world = self.world
+        while True:
+            up = {node.node_id for node in world.nodes if node.up}
+            needed: dict[str, None] = {}  # a dict: ordered, unlike a set of strings
+            for node in world.nodes:
+                if not node.up:
+                    continue
+                for conf in _configurations_in_play(node.live_core().server.raft):
+                    live = sum(1 for voter in conf.voters if voter in up)
+                    if conf.voters and live < len(conf.voters) // 2 + 1:
+                        needed.update(dict.fromkeys(voter for voter in conf.voters if voter not in up))
+            if not needed:
+                return
+            for node_id in sorted(needed):
+                self.log.append(
+                    f"{world.now_ms} ms: permanent crash of {node_id} revoked: a configuration in play "
+                    "needs it for a quorum"
+                )
+                self.revoked_permanent_crashes += 1
+                self.restart(world.index_of[node_id])
+
     # -- CoreDriver ------------------------------------------------------------------------
 
     def create(self, node: SimNode[RaftHost], rng: random.Random, now_ms: int) -> RaftHost:
@@ -759,7 +1037,7 @@ class RaftScenario:
         server = KvServer(
             self.config,
             node_id=node.node_id,
-            voters=self.voters,
+            voters=() if self.options.conf_changes else self.voters,
             rng=rng,
             now_ms=now_ms,
             hard_state=hard,
@@ -824,7 +1102,10 @@ class RaftScenario:
         raft = node.live_core().server.raft
         hard = stored_hard_state(node)
         last = durable_last_index(node)
-        if hard != _current_hard_state(raft):
+        # The stored commit index may lag the core's (raft.py's effects
+        # contract: it is volatile, written along with the next entries,
+        # term or vote); term and vote may not.
+        if (hard.term, hard.vote) != (raft.term, raft.vote) or hard.commit > raft.commit_index:
             raise CoreContractError(
                 f"{node.node_id}: after persisting, the disk's hard state {hard!r} is not the core's "
                 f"(term {raft.term}, vote {raft.vote!r}, commit {raft.commit_index}): a change was not reported"
@@ -853,6 +1134,10 @@ class RaftScenario:
             return
         server = node.live_core().server
         self.checks.after_output(server.raft, effects.output.raft, global_ms)
+        if self.options.conf_changes and any(
+            entry.kind == "conf_change" for entry in effects.output.raft.committed_entries
+        ):
+            self._on_conf_applied(node, effects.output.raft.committed_entries, global_ms)
         if effects.output.replies:
             self._send_replies(node, effects.output.replies)
         server.advance(effects.output)
@@ -862,10 +1147,12 @@ class RaftScenario:
 
     def started(self, node: SimNode[RaftHost], global_ms: int) -> None:
         """A server booted: what it read from disk must agree with every log seen so far."""
+        self._since_ms[node.index] = global_ms
         self.checks.restarted(node.live_core().server.raft, stored_entries(node), global_ms)
 
     def crashed(self, node: SimNode[RaftHost], global_ms: int) -> None:
         """A server stopped (its disk kept)."""
+        self._since_ms[node.index] = global_ms
         self._torn_pending.pop(node.index, None)
 
     def _live_rafts(self) -> list[RaftNode]:
@@ -929,6 +1216,9 @@ class RaftScenario:
         up = [node for node in world.nodes if node.up]
         rafts = [node.live_core().server.raft for node in up]
         self.checks.check_logs_pairwise(rafts, world.now_ms)
+        self.checks.check_members_agree(rafts, world.now_ms)
+        leader = next(node for node in up if node.live_core().server.raft.role == "leader")
+        self.final_voters = leader.live_core().server.raft.voters
         self.checks.check_states_agree(
             [
                 (node.node_id, node.live_core().server.state.applied_index, node.live_core().server.state.snapshot())
@@ -941,7 +1231,7 @@ class RaftScenario:
         if result.ok is not True:
             verdict = "not linearizable" if result.ok is False else "linearizability check gave up"
             raise RaftCheckFailure(f"{verdict}: {result.explanation}")
-        self._check_acknowledged_writes(up[0].live_core().server.state)
+        self._check_acknowledged_writes(leader.live_core().server.state)
 
     def _check_acknowledged_writes(self, state: kv.KvState) -> None:
         """Every acknowledged write is its key's final value, or a write not ordered before it may have replaced it."""
@@ -988,6 +1278,12 @@ class RaftScenario:
             f"check_quorum={config.check_quorum} lease_reads={config.lease_reads} "
             f"clock_drift_max_ms={config.clock_drift_max_ms}; snapshot_entries={options.snapshot_entries}"
         )
+        if options.conf_changes:
+            self.log.append(
+                f"membership: founders {self.voters} bootstrapped through the log, spares "
+                f"{tuple(node.node_id for node in self.world.nodes[options.nodes :])} start with voters=(); "
+                f"planner every {PLAN_INTERVAL_MS} ms with {VOTER_POLICY}, chaos {CHAOS_PROBABILITY} per round"
+            )
         self.log.append(
             f"phases: warmup {WARMUP_MS} ms, safety until {self.liveness_start_ms} ms, liveness bound "
             f"{LIVENESS_BOUND_MS} ms; network latency_ms={LATENCY_MS} jitter_ms={JITTER_MS}"
@@ -1005,6 +1301,11 @@ class RaftScenario:
             f"(d) state machine safety: {self.checks.applied_max} indexes applied, one entry each",
             f"linearizable: {len(self.history)} operations {lease}".strip(),
             "no acknowledged write lost",
+            "(e) configuration safety: "
+            + " ".join(f"{kind}={count}" for kind, count in self.checks.conf_changes.items())
+            + " committed, one server at a time, in force only once committed",
+            "every live member holds the leader's configuration at the end",
+            "final voters all live, the planner at a fixpoint" if self.options.conf_changes else "",
             "persist-before-send audit" if world.audit else "",
         ]
         return RaftScenarioResult(
@@ -1025,6 +1326,11 @@ class RaftScenario:
             applied_max=self.checks.applied_max,
             check_steps=self.check_steps,
             liveness_ms=self.liveness_ms,
+            conf_changes=dict(self.checks.conf_changes),
+            leader_self_removals=self.leader_self_removals,
+            conf_refusals=self.conf_refusals,
+            final_voters=self.final_voters,
+            revoked_permanent_crashes=self.revoked_permanent_crashes,
             checks=[name for name in names if name],
         )
 
@@ -1038,8 +1344,17 @@ def _tearable(stage: str, out: Output, messages: list[Send]) -> bool:
     return bool(out.committed_entries or out.read_states or messages)
 
 
-def _current_hard_state(raft: RaftNode) -> HardState:
-    return HardState(term=raft.term, vote=raft.vote, commit=raft.commit_index)
+def _configurations_in_play(raft: RaftNode) -> list[ConfState]:
+    """``raft``'s configuration and those its unapplied conf changes would lead to
+    (re-applying one already in force only adds a configuration: conservative)."""
+    conf = ConfState(raft.voters, raft.learners)
+    confs = [conf]
+    for index in range(raft.applied_index + 1, raft.last_index + 1):
+        entry = raft.log_entry(index)
+        if entry.kind == "conf_change":
+            conf = apply_conf_change(conf, decode_conf_change(entry.data))
+            confs.append(conf)
+    return confs
 
 
 def _ahead_of_disk(message: RaftMessage, hard: HardState, durable_last: int) -> str:

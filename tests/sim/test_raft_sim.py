@@ -2,8 +2,9 @@
 
 ``MOOT_SIM_SEEDS`` (default 500) sets how many seeds the sweep runs; each
 seed's options are ``RaftScenarioOptions.for_seed(seed)``, so a failure's
-printed command replays it exactly. The last tests break a core or the
-driver on purpose and require the checks to notice.
+printed command replays it exactly. Half the seeds change the voter set as
+they run (the planner, plus leaders removing themselves). The last tests
+break a core or the driver on purpose and require the checks to notice.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import pytest
 from raft_regression_seeds import OPEN, REGRESSION, PinnedRaftRun
 
 from moot.core.kv_server import GetRequest, KvServer
+from moot.core.raft import RaftNode
 from moot.core.raft_log import RaftLog
+from moot.core.raft_messages import ConfChange
 from moot.sim import raft_scenario
 from moot.sim.__main__ import build_parser, raft_options_from_arguments
 from moot.sim.raft_checks import RaftCheckFailure
@@ -91,6 +94,31 @@ def test_the_sweep_exercises_every_fault() -> None:
     assert all(result.liveness_ms is not None for result in results)
 
 
+def test_the_sweep_changes_the_voter_set() -> None:
+    # Membership runs must really migrate voters: spares added and promoted
+    # beyond the bootstrap, voters removed (leaders themselves included), and
+    # the planner's end state reached with more voters than the founders.
+    results = [sweep_result(seed) for seed in range(40)]
+    membership = [result for result in results if result.options.conf_changes]
+    assert 12 <= len(membership) <= 28
+    assert {result.options.nodes for result in membership} == {1, 3}
+    assert {result.options.node_count for result in membership} == {5, 6}
+    bootstrap_promotes = sum(result.options.nodes for result in membership)
+    assert sum(result.conf_changes["promote"] for result in membership) >= bootstrap_promotes + 2 * len(membership)
+    assert sum(result.conf_changes["remove"] for result in membership) >= 20
+    assert sum(result.leader_self_removals for result in membership) >= 10
+    assert sum(result.conf_refusals for result in membership) >= 1
+    assert sum(len(result.final_voters) == 5 for result in membership) >= len(membership) // 2
+    # Voters replaced: some runs end without one of their founders as a voter.
+    founders_gone = [
+        result
+        for result in membership
+        if not {f"n{index}" for index in range(result.options.nodes)} <= set(result.final_voters)
+    ]
+    assert len(founders_gone) >= 3
+    assert all(not result.conf_changes.get("remove") for result in results if not result.options.conf_changes)
+
+
 @pytest.mark.parametrize("seed", [3, 21])
 def test_same_seed_same_trace(seed: int) -> None:
     options = RaftScenarioOptions.for_seed(seed)
@@ -107,13 +135,14 @@ def test_replay_command_parses_back_to_the_same_options(seed: int) -> None:
     assert raft_options_from_arguments(build_parser().parse_args(words[3:])) == options
 
 
-def test_cli_prints_the_same_trace_hash_in_two_processes() -> None:
+@pytest.mark.parametrize("seed", [20, 21])  # with and without conf changes
+def test_cli_prints_the_same_trace_hash_in_two_processes(seed: int) -> None:
     hashes = []
     for hash_seed in ("1", "2"):
         # Different PYTHONHASHSEED: iterating a set of strings anywhere
         # would change the trace.
         completed = subprocess.run(
-            [sys.executable, "-m", "moot.sim", "raft", "--seed", "21"],
+            [sys.executable, "-m", "moot.sim", "raft", "--seed", str(seed)],
             cwd=REPOSITORY,
             env={**os.environ, "PYTHONHASHSEED": hash_seed},
             capture_output=True,
@@ -128,18 +157,30 @@ def test_cli_prints_the_same_trace_hash_in_two_processes() -> None:
 
 def test_failure_prints_the_replay_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(RaftLog, "is_up_to_date", lambda self, last_index, last_term: True)
-    with pytest.raises(SimulationFailure, match=r"replay: python -m moot\.sim raft --seed 10 "):
-        run_raft_scenario(RaftScenarioOptions.for_seed(10))
+    failures = list(first_caught())
+    assert failures
+    assert re.search(r"\nreplay: python -m moot\.sim raft --seed \d+ --nodes ", str(failures[0]))
+
+
+def test_membership_options_not_drawn_by_the_seed_are_in_the_command() -> None:
+    drawn = RaftScenarioOptions.for_seed(0)
+    assert drawn.conf_changes
+    assert "--spares" not in drawn.command()
+    static = RaftScenarioOptions(seed=0)
+    assert static.command().endswith("--spares 0 --no-conf-changes")
 
 
 # -- the checks catch broken cores and drivers ---------------------------------------------
 
 
-def first_caught() -> Iterator[SimulationFailure]:
+def first_caught(*, membership_only: bool = False) -> Iterator[SimulationFailure]:
     """The failure of the first seed (of BROKEN_SEEDS_MAX) that fails."""
     for seed in range(BROKEN_SEEDS_MAX):
+        options = RaftScenarioOptions.for_seed(seed)
+        if membership_only and not options.conf_changes:
+            continue
         try:
-            RaftScenario(RaftScenarioOptions.for_seed(seed)).run()
+            RaftScenario(options).run()
         except SimulationFailure as failure:
             yield failure
             return
@@ -186,3 +227,51 @@ def test_sending_before_the_vote_is_durable_is_caught(monkeypatch: pytest.Monkey
     monkeypatch.setattr(RaftScenario, "persist", persist_without_hard_state)
     with pytest.raises(CoreContractError, match="hard state"):
         RaftScenario(RaftScenarioOptions.for_seed(0)).run()
+
+
+def test_a_learner_that_votes_before_its_promotion_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A core that makes an added learner a voter at once (as if "add_learner"
+    # were "promote"): its configuration is not the committed one.
+    apply_conf_change = RaftNode._apply_conf_change
+
+    def apply_as_voter(self: RaftNode, index: int, change: ConfChange) -> None:
+        if change.kind == "add_learner":
+            change = ConfChange("promote", change.node_id)
+        apply_conf_change(self, index, change)
+
+    monkeypatch.setattr(RaftNode, "_apply_conf_change", apply_as_voter)
+    failures = list(first_caught(membership_only=True))
+    assert failures, f"no seed of {BROKEN_SEEDS_MAX} caught it"
+    assert "configuration safety" in str(failures[0])
+
+
+def test_two_conf_changes_at_once_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The one-change-at-a-time guard switched off: a leader accepts a change
+    # while its previous one is not applied (nor its no-op).
+    check = RaftNode._check_conf_change
+
+    def without_pending_guard(self: RaftNode, change: ConfChange) -> object:
+        pending, self._pending_conf_index = self._pending_conf_index, 0
+        try:
+            return check(self, change)
+        finally:
+            self._pending_conf_index = pending
+
+    monkeypatch.setattr(RaftNode, "_check_conf_change", without_pending_guard)
+    failures = list(first_caught(membership_only=True))
+    assert failures, f"no seed of {BROKEN_SEEDS_MAX} caught it"
+    assert "configuration safety" in str(failures[0])
+
+
+def test_a_leader_that_keeps_leading_after_removing_itself_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    on_applied = RaftNode._on_conf_applied_as_leader
+
+    def never_step_down(self: RaftNode, change: ConfChange) -> None:
+        if change.kind == "remove" and change.node_id == self.node_id:
+            return
+        on_applied(self, change)
+
+    monkeypatch.setattr(RaftNode, "_on_conf_applied_as_leader", never_step_down)
+    failures = list(first_caught(membership_only=True))
+    assert failures, f"no seed of {BROKEN_SEEDS_MAX} caught it"
+    assert re.search(r"configuration", str(failures[0]))

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 from raft_harness import Net, SimNode, encode_state, run_script
 
-from moot.core.raft import Accepted, RaftNode, Rejected
+from moot.core.raft import Accepted, Output, RaftNode, Rejected
 from moot.core.raft_config import RaftConfig
 from moot.core.raft_messages import (
     RAFT_MESSAGE_TYPES,
@@ -1050,3 +1050,31 @@ def test_leader_unreachable_hint_about_a_non_leader_changes_nothing() -> None:
     out = net.handle(follower.node_id, follower.raft.leader_unreachable(net.local(follower.node_id), other.node_id))
     assert follower.raft.next_deadline_ms() == before
     assert out.messages == []
+
+
+def test_a_commit_index_that_alone_moved_is_not_written_until_the_next_write() -> None:
+    net = Net(3, seed=23)
+    leader = net.wait_for_leader(within_ms=3_000)
+    accepted = net.propose(leader.node_id, b"x")
+    assert isinstance(accepted, Accepted)
+    net.wait_applied(net.voter_ids, accepted.index)
+    follower = next(n for n in net.live() if n is not leader)
+    # The next heartbeat carries only a commit index: no fsync for it.
+    outputs: list[Output] = []
+    original = net.handle
+
+    def spy(node_id: str, out: Output) -> Output:
+        if node_id == follower.node_id:
+            outputs.append(out)
+        return original(node_id, out)
+
+    net.handle = spy  # type: ignore[method-assign]
+    net.run_for(5 * RaftConfig.sim().heartbeat_interval_ms)
+    assert outputs, "the follower handled nothing"
+    assert all(out.hard_state is None for out in outputs if not out.entries and out.snapshot is None)
+    # The next write of entries carries it along.
+    later = net.propose(leader.node_id, b"y")
+    assert isinstance(later, Accepted)
+    net.wait_applied(net.voter_ids, later.index)
+    with_entries = [out for out in outputs if out.entries]
+    assert with_entries and all(out.hard_state is not None for out in with_entries)
