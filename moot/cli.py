@@ -110,6 +110,12 @@ def node_start(
     voter_grace_ms: Annotated[
         int, typer.Option(min=0, help="How long a dead voter keeps its seat before the leader replaces it.")
     ] = 5_000,
+    voters_max: Annotated[
+        int,
+        typer.Option(
+            min=1, max=9, help="Voters kept once that many members are alive (3 below that, as long as 3 are alive)."
+        ),
+    ] = 5,
 ) -> None:
     """Start a node and serve until SIGTERM (which leaves gracefully)."""
     from moot.runtime.logs import configure_logging
@@ -129,6 +135,7 @@ def node_start(
         advertise=advertise,
         bootstrap=bootstrap,
         voter_grace_ms=voter_grace_ms,
+        voters_max=voters_max,
     )
     try:
         run_node(options)

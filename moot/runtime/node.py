@@ -60,6 +60,8 @@ class NodeOptions:
     the data directory has none. None: only when started without --join."""
     voter_grace_ms: int = voters.DEAD_GRACE_MS_DEFAULT
     """How long a dead voter keeps its seat before the leader replaces it."""
+    voters_max: int = 5
+    """Voters kept once that many members are alive (the leader's policy)."""
 
     @property
     def address(self) -> str:
@@ -190,7 +192,12 @@ class Node:
                 logger=self.log,
                 bootstrap=bootstrap,
                 raft_config=RaftConfig.named(self.options.profile),
-                policy=voters.VoterPolicy(dead_grace_ms=self.options.voter_grace_ms),
+                policy=voters.VoterPolicy(
+                    voters_small=min(3, self.options.voters_max),
+                    voters_large=self.options.voters_max,
+                    large_from=self.options.voters_max,
+                    dead_grace_ms=self.options.voter_grace_ms,
+                ),
             )
         except StorageError as error:
             raise NodeStartError(str(error)) from error
