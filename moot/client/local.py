@@ -207,13 +207,27 @@ class LocalFederation:
             node.process.send_signal(signal.SIGTERM)
             node.process.wait(timeout=30)
 
-    def restart(self, index: int) -> None:
-        """Start node ``index`` again on the same data dir and address."""
+    def restart(self, index: int, *, wait: bool = True, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start node ``index`` again on the same data dir and address. With
+        ``wait``, return once it answers and follows a leader again, so a
+        test or tour that next kills another node does not leave the
+        database without a majority while this one is still booting."""
         node = self.nodes[index]
         if node.alive:
             self.kill(index)
         self._spawn(node)
         self._write_state()
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if node.process is not None and node.process.poll() is not None:
+                raise LocalError(f"node {index} exited with {node.process.returncode}; see {node.log_path}")
+            status = self.statuses().get(index)
+            if status is not None and status.leader_id is not None:
+                return
+            time.sleep(0.05)  # polling the restarted node with a deadline
+        raise LocalError(f"node {index} did not rejoin within {timeout_s:.0f}s; see {node.log_path}")
 
     def client(self) -> Client:
         """A client connected to this federation (shared; closed by ``stop``)."""
