@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from moot.client.client import Client, connect
-    from moot.client.errors import BadRequest, MootError, NoQuorum, Timeout, Unavailable
+    from moot.client.errors import BadRequest, MootError, NoQuorum, NotFound, Timeout, Unavailable
     from moot.client.local import LocalFederation, local
+    from moot.client.objects import ObjectRef
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,8 @@ _EXPORTS = {
     "BadRequest": "moot.client.errors",
     "MootError": "moot.client.errors",
     "NoQuorum": "moot.client.errors",
+    "NotFound": "moot.client.errors",
+    "ObjectRef": "moot.client.objects",
     "Timeout": "moot.client.errors",
     "Unavailable": "moot.client.errors",
     "LocalFederation": "moot.client.local",
@@ -39,6 +42,8 @@ __all__ = [
     "LocalFederation",
     "MootError",
     "NoQuorum",
+    "NotFound",
+    "ObjectRef",
     "Timeout",
     "Unavailable",
     "__version__",

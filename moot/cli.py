@@ -342,6 +342,48 @@ def kv_watch(
         pass
 
 
+@app.command("put")
+def object_put(
+    path: Annotated[Path, typer.Argument(help="The file to store.")],
+    cluster: ClusterOption,
+    node: NodesOption,
+    pin: Annotated[str, typer.Option(help="Pin name that keeps the object (unpin to let it be collected).")] = "user",
+) -> None:
+    """Store FILE in the object store; prints its id (the hash of its manifest)."""
+    from moot.client.errors import MootError
+
+    if not path.is_file():
+        raise fail(f"{path} is not a readable file")
+    try:
+        with _kv_client(cluster, node) as client:
+            ref = client.objects.put(path, pin=pin)
+            warning = client.objects.last_warning
+    except MootError as error:
+        raise fail(f"{type(error).__name__}: {error}") from None
+    if warning:
+        error_console.print(f"[yellow]warning:[/] {warning}")
+    sys.stdout.write(f"{ref.id}\n")
+    error_console.print(f"stored {ref.size} bytes on {ref.replicas} replicas")
+
+
+@app.command("get")
+def object_get(
+    object_id: Annotated[str, typer.Argument(help="The object id `moot put` printed.")],
+    cluster: ClusterOption,
+    node: NodesOption,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the object.")],
+) -> None:
+    """Fetch an object into a file (written whole or not at all; every chunk verified)."""
+    from moot.client.errors import MootError
+
+    try:
+        with _kv_client(cluster, node) as client:
+            client.objects.get_to(object_id, output)
+    except MootError as error:
+        raise fail(f"{type(error).__name__}: {error}") from None
+    error_console.print(f"wrote {output.stat().st_size} bytes to {output}")
+
+
 @app.command()
 def status(
     cluster: ClusterOption,

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from moot.client.errors import BadRequest, MootError, Timeout, Unavailable, error_from_reply
 from moot.client.kv import Kv
+from moot.client.objects import Objects
 from moot.core import wire
 from moot.runtime import identity
 from moot.runtime.transport import ClientConnection, open_client_connection
@@ -60,6 +61,8 @@ class Client:
         self._closing: set[asyncio.Future[None]] = set()
         self.kv = Kv(self)
         """The replicated key-value store (``moot.client.kv``)."""
+        self.objects = Objects(self)
+        """The content-addressed object store (``moot.client.objects``)."""
 
     # -- public API ------------------------------------------------------------
 
@@ -155,7 +158,7 @@ class Client:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
-    def _run(self, coroutine: Coroutine[Any, Any, T], *, timeout_s: float) -> T:
+    def _run(self, coroutine: Coroutine[Any, Any, T], *, timeout_s: float | None) -> T:
         future = asyncio.run_coroutine_threadsafe(_with_timeout(coroutine, timeout_s), self._loop)
         try:
             return future.result()
@@ -168,7 +171,7 @@ async def _close_quietly(connection: ClientConnection) -> None:
         await connection.close()
 
 
-async def _with_timeout(coroutine: Coroutine[Any, Any, T], timeout_s: float) -> T:
+async def _with_timeout(coroutine: Coroutine[Any, Any, T], timeout_s: float | None) -> T:
     async with asyncio.timeout(timeout_s):
         return await coroutine
 

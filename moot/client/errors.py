@@ -19,6 +19,10 @@ class NoQuorum(Unavailable):
     """A majority of voters is unreachable; linearizable operations cannot proceed."""
 
 
+class NotFound(MootError):
+    """No such object (or it was collected): check the id."""
+
+
 class BadRequest(MootError):
     """The request is malformed or not allowed; nothing was changed."""
 
@@ -28,6 +32,7 @@ ERROR_KINDS: dict[str, type[MootError]] = {
     "Timeout": Timeout,
     "NoQuorum": NoQuorum,
     "BadRequest": BadRequest,
+    "NotFound": NotFound,
 }
 
 

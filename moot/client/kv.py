@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from moot.client.errors import BadRequest, NoQuorum, Timeout, Unavailable
 from moot.core import kv, wire
@@ -68,6 +68,8 @@ FAILED_NODE_AVOID_S = 1.0  # a node that just failed is tried last for this long
 WATCH_QUEUE_EVENTS_MAX = 100_000
 WATCH_KEEPALIVE_S = 2.0  # a watch with no events checks its node is alive this often
 
+RESERVED_PREFIX: Final = b"\x00"  # moot's own records (object references, pins)
+
 KeyValue = kv.KeyValue
 Event = kv.Event
 
@@ -87,6 +89,8 @@ def _as_bytes(what: str, value: object, *, allow_empty: bool) -> bytes:
             return data
         if allow_empty and not data:
             return data
+        if data.startswith(RESERVED_PREFIX):
+            raise kv.BadCommand(f"keys starting with {RESERVED_PREFIX!r} are reserved for moot itself; choose another key")
         return kv.validate_key(data)
     except kv.BadCommand as error:
         raise BadRequest(str(error)) from None
@@ -169,6 +173,24 @@ class Kv:
         return watch
 
     # -- plumbing ------------------------------------------------------------------------
+
+    async def _call_async_reserved(self, key: bytes, value: bytes | None) -> bool:
+        """Put (or, with None, delete) one of moot's own records; for the
+        object store. True if the write changed something / the key existed."""
+        assert key.startswith(RESERVED_PREFIX)
+        command: kv.Command = kv.Delete(key) if value is None else kv.Put(key, value)
+        with self._lock:
+            seq = next(self._seq)
+            self._inflight.add(seq)
+            ack = min(self._inflight)
+        try:
+            proposal = kv.Proposal(client_id=self.client_id, seq=seq, ack=ack, command=command)
+            reply = await self._call_async(WriteRequest(proposal), write=True)
+        finally:
+            with self._lock:
+                self._inflight.discard(seq)
+        assert isinstance(reply, WriteReply)
+        return reply.result.succeeded
 
     def _write(self, command: kv.Command) -> kv.WriteResult:
         with self._lock:

@@ -30,6 +30,7 @@ import msgspec
 from moot.core import raft_messages
 from moot.core.kv import KEY_BYTES_MAX, Event
 from moot.core.kv_server import ClientReply, ClientRequest
+from moot.core.objects import CHUNK_BYTES_MAX, ChunkId
 from moot.core.raft_messages import (
     MEMBERS_MAX,
     AppendEntries,
@@ -67,6 +68,8 @@ TOKEN_CHARS_MAX: Final = 256
 REASON_CHARS_MAX: Final = 1024
 COORDINATE_DIMENSIONS_MAX: Final = 16
 WATCH_EVENTS_PER_MESSAGE_MAX: Final = 1_024
+CHUNK_IDS_PER_MESSAGE_MAX: Final = 65_536
+MANIFEST_BYTES_MAX: Final = 15 * 1024 * 1024  # a manifest travels in one frame
 
 NodeId = Annotated[str, msgspec.Meta(min_length=1, max_length=NODE_ID_CHARS_MAX)]
 Address = Annotated[str, msgspec.Meta(min_length=3, max_length=ADDRESS_CHARS_MAX)]
@@ -104,6 +107,20 @@ class TAGS:
     WATCH_CANCEL: Final = 65
     STATUS_REQUEST: Final = 66
     STATUS_REPLY: Final = 67
+    CHUNK_UPLOAD: Final = 70
+    CHUNK_UPLOADED: Final = 71
+    OBJECT_COMMIT: Final = 72
+    OBJECT_COMMITTED: Final = 73
+    OBJECT_STAT: Final = 74
+    OBJECT_INFO: Final = 75
+    CHUNK_FETCH: Final = 76
+    CHUNK_DATA: Final = 77
+    CHUNK_STORE: Final = 78
+    CHUNK_STORE_REPLY: Final = 79
+    CHUNK_GET: Final = 80
+    CHUNK_HAS: Final = 81
+    CHUNK_HAS_REPLY: Final = 82
+    CHUNK_BAD: Final = 83
 
 
 class LocalProtocolError(Exception):
@@ -382,6 +399,127 @@ class StatusReply(msgspec.Struct, frozen=True, tag=TAGS.STATUS_REPLY, forbid_unk
     keys: Sequence
 
 
+ChunkBytes = Annotated[bytes, msgspec.Meta(max_length=CHUNK_BYTES_MAX)]
+ChunkIds = Annotated[tuple[ChunkId, ...], msgspec.Meta(max_length=CHUNK_IDS_PER_MESSAGE_MAX)]
+NodeIds = Annotated[tuple[NodeId, ...], msgspec.Meta(max_length=MEMBERS_MAX)]
+
+
+class ChunkUpload(msgspec.Struct, frozen=True, tag=TAGS.CHUNK_UPLOAD, forbid_unknown_fields=True):
+    """Client to node: store this chunk on its replicas."""
+
+    request_id: Sequence
+    chunk_id: ChunkId
+    data: ChunkBytes
+
+
+class ChunkUploaded(msgspec.Struct, frozen=True, tag=TAGS.CHUNK_UPLOADED, forbid_unknown_fields=True):
+    """The chunk is durable on ``holders``."""
+
+    request_id: Sequence
+    chunk_id: ChunkId
+    holders: NodeIds
+
+
+class ObjectCommit(msgspec.Struct, frozen=True, tag=TAGS.OBJECT_COMMIT, forbid_unknown_fields=True):
+    """Client to node: every chunk is uploaded; store the manifest."""
+
+    request_id: Sequence
+    manifest: Annotated[bytes, msgspec.Meta(max_length=MANIFEST_BYTES_MAX)]
+
+
+class ObjectCommitted(msgspec.Struct, frozen=True, tag=TAGS.OBJECT_COMMITTED, forbid_unknown_fields=True):
+    """The object is readable: its manifest and chunks are on their replicas."""
+
+    request_id: Sequence
+    object_id: ChunkId
+    size: Sequence
+    replicas: Sequence
+    warning: Annotated[str, msgspec.Meta(max_length=REASON_CHARS_MAX)] = ""
+
+
+class ObjectStat(msgspec.Struct, frozen=True, tag=TAGS.OBJECT_STAT, forbid_unknown_fields=True):
+    """Client to node: the manifest of an object, and where it lives."""
+
+    request_id: Sequence
+    object_id: ChunkId
+    locate: bool = False
+
+
+class ObjectInfo(msgspec.Struct, frozen=True, tag=TAGS.OBJECT_INFO, forbid_unknown_fields=True):
+    """``manifest`` (verified by the node; verify it again); ``holders``: the
+    nodes that hold the manifest (all of them if ``locate`` was asked)."""
+
+    request_id: Sequence
+    object_id: ChunkId
+    manifest: Annotated[bytes, msgspec.Meta(max_length=MANIFEST_BYTES_MAX)]
+    holders: NodeIds = ()
+
+
+class ChunkFetch(msgspec.Struct, frozen=True, tag=TAGS.CHUNK_FETCH, forbid_unknown_fields=True):
+    """Client to node: send me this chunk (from you, your cache, or the nearest replica)."""
+
+    request_id: Sequence
+    chunk_id: ChunkId
+
+
+class ChunkData(msgspec.Struct, frozen=True, tag=TAGS.CHUNK_DATA, forbid_unknown_fields=True):
+    """A chunk's bytes (``found`` False: not here)."""
+
+    request_id: Sequence
+    chunk_id: ChunkId
+    data: ChunkBytes = b""
+    found: bool = True
+
+
+class ChunkStore(msgspec.Struct, frozen=True, tag=TAGS.CHUNK_STORE, forbid_unknown_fields=True):
+    """Node to node: keep this chunk durably."""
+
+    request_id: Sequence
+    chunk_id: ChunkId
+    data: ChunkBytes
+
+
+class ChunkStoreReply(msgspec.Struct, frozen=True, tag=TAGS.CHUNK_STORE_REPLY, forbid_unknown_fields=True):
+    """Whether the chunk is durable here (``error`` says why not, e.g. disk full)."""
+
+    request_id: Sequence
+    chunk_id: ChunkId
+    ok: bool
+    error: Annotated[str, msgspec.Meta(max_length=REASON_CHARS_MAX)] = ""
+
+
+class ChunkGet(msgspec.Struct, frozen=True, tag=TAGS.CHUNK_GET, forbid_unknown_fields=True):
+    """Node to node: send me this chunk if you hold it (answered by ChunkData)."""
+
+    request_id: Sequence
+    chunk_id: ChunkId
+
+
+class ChunkHas(msgspec.Struct, frozen=True, tag=TAGS.CHUNK_HAS, forbid_unknown_fields=True):
+    """Node to node: which of these chunks do you hold?"""
+
+    request_id: Sequence
+    chunk_ids: ChunkIds
+
+
+class ChunkHasReply(msgspec.Struct, frozen=True, tag=TAGS.CHUNK_HAS_REPLY, forbid_unknown_fields=True):
+    """The asked chunks split into held and not held."""
+
+    request_id: Sequence
+    present: ChunkIds = ()
+    absent: ChunkIds = ()
+
+
+class ChunkBad(msgspec.Struct, frozen=True, tag=TAGS.CHUNK_BAD, forbid_unknown_fields=True):
+    """Node to node: the bytes you served for this chunk did not match its id."""
+
+    chunk_id: ChunkId
+
+
+ObjectRequestTypes: Final = (ChunkUpload, ObjectCommit, ObjectStat, ChunkFetch)
+ObjectPeerTypes: Final = (ChunkStore, ChunkGet, ChunkHas, ChunkBad)
+ObjectReplyTypes: Final = (ChunkStoreReply, ChunkData, ChunkHasReply)
+
 MembershipMessage = Ping | IndirectPing | Ack | Nack | PushPull | Gossip
 Message = (
     Hello
@@ -412,6 +550,20 @@ Message = (
     | WatchCancel
     | StatusRequest
     | StatusReply
+    | ChunkUpload
+    | ChunkUploaded
+    | ObjectCommit
+    | ObjectCommitted
+    | ObjectStat
+    | ObjectInfo
+    | ChunkFetch
+    | ChunkData
+    | ChunkStore
+    | ChunkStoreReply
+    | ChunkGet
+    | ChunkHas
+    | ChunkHasReply
+    | ChunkBad
 )
 MEMBERSHIP_MESSAGE_TYPES: Final = (Ping, IndirectPing, Ack, Nack, PushPull, Gossip)
 RAFT_MESSAGE_TYPES: Final = raft_messages.RAFT_MESSAGE_TYPES

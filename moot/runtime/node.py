@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from moot.core import voters, wire
+from moot.core import objects, placement, voters, wire
 from moot.core.membership import Membership, MemberView, Output
 from moot.core.membership_config import MembershipConfig
 from moot.core.raft_config import RaftConfig
@@ -30,6 +30,7 @@ from moot.runtime import identity
 from moot.runtime.kv_service import KvService
 from moot.runtime.logs import get_logger, log_event
 from moot.runtime.node_state import NodeState
+from moot.runtime.object_service import ObjectError, ObjectNotFound, ObjectService
 from moot.runtime.storage import StorageError
 from moot.runtime.transport import Peer, Transport, TransportConfig, parse_address
 
@@ -108,6 +109,7 @@ class Node:
         self.membership: Membership | None = None
         self.transport: Transport | None = None
         self.kv: KvService | None = None
+        self.objects: ObjectService | None = None
         self.addresses: dict[str, str] = {self.node_id: options.address}
         self.events: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
@@ -131,11 +133,14 @@ class Node:
                 timers = group.create_task(self._timer_loop())
                 assert self.kv is not None
                 raft_timers = group.create_task(self.kv.run())
+                assert self.objects is not None
+                repair = group.create_task(self.objects.run())
                 await self._stopping.wait()
                 await self.kv.hand_over()
                 await self.leave()
                 timers.cancel()
                 raft_timers.cancel()
+                repair.cancel()
         finally:
             await self.close()
 
@@ -201,6 +206,19 @@ class Node:
             )
         except StorageError as error:
             raise NodeStartError(str(error)) from error
+        try:
+            self.objects = ObjectService(
+                node_id=self.node_id,
+                data_dir=self.options.data_dir,
+                transport=self.transport,
+                address_of=self.address_of,
+                live_members=self.live_candidates,
+                rtt_ms=self.membership.estimate_rtt_ms,
+                logger=self.log,
+                region=self.options.labels.get("region", ""),
+            )
+        except OSError as error:
+            raise NodeStartError(f"cannot open the chunk store in {self.options.data_dir}: {error}") from error
         if self.options.http:
             await self._start_http(self.options.http)
         log_event(
@@ -231,6 +249,9 @@ class Node:
             log_event(self.log, logging.INFO, "http_closing")
             await self._http_runner.cleanup()
             self._http_runner = None
+        if self.objects is not None:
+            self.objects.close()
+            self.objects = None
         if self.kv is not None:
             self.kv.close()
             self.kv = None
@@ -275,6 +296,11 @@ class Node:
             self.kv.on_watch(peer, message)
         elif isinstance(message, wire.WatchCancel) and self.kv is not None:
             self.kv.on_watch_cancel(peer, message)
+        elif isinstance(message, wire.ObjectRequestTypes) and self.objects is not None:
+            self.objects.on_client_request(peer, message)
+        elif isinstance(message, wire.ObjectPeerTypes + wire.ObjectReplyTypes) and self.objects is not None:
+            if peer.role == "node":
+                self.objects.on_peer_message(peer, message)
         elif isinstance(message, wire.StatusRequest) and self.kv is not None:
             peer.reply(self.kv.status(message.request_id, self.options.address))
         elif isinstance(message, wire.MembersRequest):
@@ -304,6 +330,8 @@ class Node:
         assert self.transport is not None
         for send in out.messages:
             self.transport.send(send.address, send.message)
+        if out.events and self.objects is not None:
+            self.objects.members_changed()
         for event in out.events:
             self.addresses[event.node_id] = event.address
             if event.kind in ("dead", "left"):
@@ -341,6 +369,15 @@ class Node:
             address = self.addresses.get(node_id)
         return address
 
+    def live_candidates(self) -> list[placement.Candidate]:
+        """Alive (or merely suspected) members, as placement takes them."""
+        assert self.membership is not None
+        return [
+            placement.Candidate(member.node_id, member.labels.get("region", ""))
+            for member in self.membership.members()
+            if member.state in ("alive", "suspect")
+        ]
+
     def member_statuses(self, now_ms: int) -> list[voters.MemberStatus]:
         """Membership as the voter planner takes it."""
         assert self.membership is not None
@@ -366,6 +403,7 @@ class Node:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/api/members", self._api_members)
         app.router.add_get("/api/events", self._api_events)
+        app.router.add_get("/objects/{object_id}", self._get_object)
         self._http_runner = web.AppRunner(app, access_log=None)
         await self._http_runner.setup()
         site = web.TCPSite(self._http_runner, host, port)
@@ -405,6 +443,74 @@ class Node:
 
     async def _api_events(self, request: web.Request) -> web.Response:
         return web.json_response({"node_id": self.node_id, "events": self.events})
+
+    async def _get_object(self, request: web.Request) -> web.StreamResponse:
+        """``GET /objects/<id>``: the object's bytes, verified, with HTTP Range
+        support (RFC 9110 single ranges), so curl and browsers can fetch them."""
+        assert self.objects is not None
+        object_id = request.match_info["object_id"]
+        try:
+            objects.validate_object_id(object_id)
+            manifest = objects.decode_manifest(await self.objects.fetch_chunk(object_id), object_id)
+        except objects.BadObjectId as error:
+            return web.json_response({"error": "bad_request", "message": str(error)}, status=400)
+        except ObjectNotFound as error:
+            return web.json_response({"error": "not_found", "message": str(error)}, status=404)
+        except (ObjectError, objects.CorruptData) as error:
+            return web.json_response({"error": "unavailable", "message": str(error)}, status=503)
+        try:
+            start, end = _byte_range(request.headers.get("Range"), manifest.size)
+        except ValueError as error:
+            return web.Response(status=416, text=str(error), headers={"Content-Range": f"bytes */{manifest.size}"})
+        partial = "Range" in request.headers
+        response = web.StreamResponse(status=206 if partial else 200)
+        response.content_type = "application/octet-stream"
+        response.content_length = end - start
+        response.headers["Accept-Ranges"] = "bytes"
+        response.headers["ETag"] = f'"{object_id}"'
+        if partial:
+            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{manifest.size}"
+        await response.prepare(request)
+        if not manifest.chunks:
+            await response.write(manifest.inline[start:end])
+        else:
+            offset = 0
+            for position, chunk in enumerate(manifest.chunks):
+                size = manifest.chunk_size(position)
+                if offset + size > start and offset < end:
+                    try:
+                        data = await self.objects.fetch_chunk(chunk)
+                    except ObjectError:
+                        break  # the status line is gone: a short body tells the client
+                    await response.write(data[max(0, start - offset) : min(size, end - offset)])
+                offset += size
+                if offset >= end:
+                    break
+        await response.write_eof()
+        return response
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int]:
+    """[start, end) of an HTTP ``Range: bytes=...`` header (the whole object
+    without one); ValueError if it is not a satisfiable single range."""
+    if header is None:
+        return 0, size
+    unit, _, spec = header.partition("=")
+    if unit.strip() != "bytes" or "," in spec:
+        raise ValueError("only a single 'bytes=START-END' range is supported")
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        raise ValueError(f"malformed range {header!r}")
+    if first == "":
+        suffix = int(last)
+        if suffix <= 0:
+            raise ValueError(f"empty suffix range {header!r}")
+        return max(0, size - suffix), size
+    start = int(first)
+    end = size if last == "" else min(size, int(last) + 1)
+    if start >= size or start >= end:
+        raise ValueError(f"range {header!r} is outside the object's {size} bytes")
+    return start, end
 
 
 def _member_info(member: MemberView, rtt_ms: float | None) -> wire.MemberInfo:
