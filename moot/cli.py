@@ -116,6 +116,12 @@ def node_start(
             min=1, max=9, help="Voters kept once that many members are alive (3 below that, as long as 3 are alive)."
         ),
     ] = 5,
+    object_grace_s: Annotated[
+        float, typer.Option(min=0.0, help="Seconds an unreferenced (unpinned) object is kept before collection.")
+    ] = 3_600.0,
+    object_capacity_bytes: Annotated[
+        int | None, typer.Option(min=1, help="Most bytes of chunks this node stores (default: until the disk is full).")
+    ] = None,
 ) -> None:
     """Start a node and serve until SIGTERM (which leaves gracefully)."""
     from moot.runtime.logs import configure_logging
@@ -136,6 +142,8 @@ def node_start(
         bootstrap=bootstrap,
         voter_grace_ms=voter_grace_ms,
         voters_max=voters_max,
+        object_grace_s=object_grace_s,
+        object_capacity_bytes=object_capacity_bytes,
     )
     try:
         run_node(options)

@@ -99,6 +99,7 @@ class LocalFederation:
         keep_directory: bool = False,
         extra_env: dict[str, str] | None = None,
         voter_grace_ms: int | None = None,
+        node_args: Sequence[str] | dict[int, Sequence[str]] = (),
     ) -> None:
         if nodes < 1:
             raise ValueError("a federation needs at least 1 node")
@@ -111,6 +112,8 @@ class LocalFederation:
         self.profile = profile
         self.extra_env = dict(extra_env or {})
         self.voter_grace_ms = voter_grace_ms
+        self.node_args = node_args
+        """Extra ``moot node start`` options: for every node, or per node index."""
         self.nodes: list[LocalNode] = []
         self._count = nodes
         self._labels = [dict(x) for x in labels] if labels is not None else [{} for _ in range(nodes)]
@@ -346,6 +349,10 @@ class LocalFederation:
         command.append("--bootstrap" if node.index == 0 else "--no-bootstrap")
         if self.voter_grace_ms is not None:
             command += ["--voter-grace-ms", str(self.voter_grace_ms)]
+        if isinstance(self.node_args, dict):
+            command += list(self.node_args.get(node.index, ()))
+        else:
+            command += list(self.node_args)
         for other in self.nodes:
             if other.index != node.index:
                 command += ["--join", other.address]

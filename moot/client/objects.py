@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,8 @@ T = TypeVar("T")
 CHUNKS_IN_FLIGHT: Final = 4  # uploads/downloads pipelined per call: bounds memory to ~16 MiB
 OBJECT_TIMEOUT_S: Final = 60.0  # one chunk's round trip, replication included
 READ_BLOCK_BYTES: Final = 1024 * 1024
-PIN_PREFIX: Final = b"\x00pin/"
-OBJECT_PREFIX: Final = b"\x00obj/"
+PIN_PREFIX: Final = objects.PIN_KEY_PREFIX
+OBJECT_PREFIX: Final = objects.OBJECT_KEY_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,7 @@ class Objects:
             for task in uploads:
                 task.cancel()
         self.last_warning = committed.warning
-        await self._reference(committed.object_id, pin)
+        await self._reference(committed.object_id, committed.size, pin)
         return ObjectRef(committed.object_id, committed.size, committed.replicas)
 
     async def _upload_window(self, uploads: set[asyncio.Task[wire.Message]], chunk_id: str, chunk: bytes) -> None:
@@ -113,20 +114,21 @@ class Objects:
             )
         )
 
-    async def _reference(self, object_id: str, pin: str) -> None:
+    async def _reference(self, object_id: str, size: int, pin: str) -> None:
+        # Pin first: a collector that sees the record sees the pin too.
         kv = self._client.kv
-        await kv._call_async_reserved(OBJECT_PREFIX + object_id.encode(), b"")
         if pin:
             await kv._call_async_reserved(PIN_PREFIX + object_id.encode() + b"/" + pin.encode(), b"")
+        record = objects.ObjectRecord(size=size, touched_ms=int(time.time() * 1000))
+        await kv._call_async_reserved(OBJECT_PREFIX + object_id.encode(), objects.encode_record(record))
 
     def pin(self, ref: ObjectRef | str, name: str = "user") -> None:
         """Keep the object (it is never collected while pinned)."""
         object_id = _object_id(ref)
-        self.stat(object_id)  # not found: a clear error, and nothing written
-        self._client._run(
-            self._client.kv._call_async_reserved(PIN_PREFIX + object_id.encode() + b"/" + name.encode(), b""),
-            timeout_s=None,
-        )
+        manifest = self.stat(object_id)  # not found: a clear error, and nothing written
+        # Rewrite the record too: a collector that had just dropped it (the
+        # object was unpinned past its grace) sees the object live again.
+        self._client._run(self._reference(object_id, manifest.size, name), timeout_s=None)
 
     def unpin(self, ref: ObjectRef | str, name: str = "user") -> bool:
         """Drop a pin; an object with no pins and no job references is

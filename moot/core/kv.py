@@ -498,12 +498,15 @@ class KvState:
         """The key's current record, or None if it does not exist."""
         return self._data.get(key)
 
-    def range(self, prefix: bytes, limit: int) -> tuple[list[KeyValue], bool]:
+    def range(self, prefix: bytes, limit: int, *, after: bytes = b"") -> tuple[list[KeyValue], bool]:
         """Up to ``limit`` keys starting with ``prefix`` (``b""``: all), sorted by
-        key, and whether more remain. Raises ``BadCommand`` for a limit outside
-        1..RANGE_LIMIT_MAX."""
+        key, and whether more remain; with ``after``, only keys greater than it
+        (the next page after a page that ended at ``after``). Raises
+        ``BadCommand`` for a limit outside 1..RANGE_LIMIT_MAX."""
         _validate_limit(limit)
         start = bisect.bisect_left(self._keys_sorted, prefix)
+        if after:
+            start = max(start, bisect.bisect_right(self._keys_sorted, after))
         found: list[KeyValue] = []
         for position in range(start, len(self._keys_sorted)):  # not islice: it would walk from 0
             key = self._keys_sorted[position]

@@ -125,6 +125,58 @@ def manifest_problem(manifest: Manifest) -> str:
     return ""
 
 
+# References live in the replicated database under keys users cannot write
+# (the client refuses keys starting with NUL): an object record per object,
+# and one key per pin or job reference.
+OBJECT_KEY_PREFIX: Final = b"\x00obj/"
+PIN_KEY_PREFIX: Final = b"\x00pin/"
+REF_KEY_PREFIX: Final = b"\x00ref/"  # job references (durable tasks)
+
+
+class ObjectRecord(msgspec.Struct, frozen=True, array_like=True):
+    """The database's record of an object: its size and when it was last
+    written or pinned (wall clock, ms) — the start of its grace period."""
+
+    size: int
+    touched_ms: int
+
+
+_record_encoder: Final = msgspec.msgpack.Encoder()
+_record_decoder: Final[msgspec.msgpack.Decoder[ObjectRecord]] = msgspec.msgpack.Decoder(ObjectRecord)
+
+
+def encode_record(record: ObjectRecord) -> bytes:
+    """The value stored under ``OBJECT_KEY_PREFIX + id``."""
+    return _record_encoder.encode(record)
+
+
+def decode_record(data: bytes) -> ObjectRecord | None:
+    """The record in ``data``, or None if it is not one (never trust a value blindly)."""
+    try:
+        return _record_decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+
+
+def referenced_ids(keys: list[bytes]) -> set[str]:
+    """Object ids named by pin and reference keys (``<prefix><id>/<name>``)."""
+    found = set()
+    for key in keys:
+        for prefix in (PIN_KEY_PREFIX, REF_KEY_PREFIX):
+            if key.startswith(prefix):
+                found.add(key[len(prefix) : len(prefix) + OBJECT_ID_CHARS].decode("ascii", "replace"))
+    return found
+
+
+def collectable(records: dict[str, ObjectRecord], referenced: set[str], now_ms: int, grace_ms: int) -> list[str]:
+    """Objects nobody references whose grace period has run out, in id order."""
+    return sorted(
+        object_id
+        for object_id, record in records.items()
+        if object_id not in referenced and now_ms - record.touched_ms >= grace_ms
+    )
+
+
 class Chunker:
     """Cuts a stream of bytes into chunks and builds the manifest.
 

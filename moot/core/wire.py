@@ -317,6 +317,14 @@ class MembersReply(msgspec.Struct, frozen=True, tag=TAGS.MEMBERS_REPLY, forbid_u
     members: Annotated[tuple[MemberInfo, ...], msgspec.Meta(max_length=MEMBERS_COUNT_MAX)]
 
 
+def reason(text: str) -> str:
+    """``text`` cut to fit a reason field (a longer one would be refused by
+    the receiver's decoder and cost the connection)."""
+    if len(text) <= REASON_CHARS_MAX:
+        return text
+    return text[: REASON_CHARS_MAX - 1] + "…"
+
+
 class ErrorReply(msgspec.Struct, frozen=True, tag=TAGS.ERROR_REPLY, forbid_unknown_fields=True):
     """A request failed; ``kind`` names the typed client error to raise."""
 

@@ -32,7 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moot.core import kv, voters, wire
-from moot.core.kv_server import ClientRequest, KvServer, KvServerOptions, ServerOutput
+from moot.core.kv_server import (
+    ClientReply,
+    ClientRequest,
+    KvServer,
+    KvServerOptions,
+    ServerOutput,
+    WriteReply,
+    WriteRequest,
+)
 from moot.core.raft import Accepted
 from moot.core.raft_config import RaftConfig
 from moot.core.raft_messages import ConfChange, ConfState, Entry, HardState, encode_conf_change
@@ -100,6 +108,9 @@ class KvService:
         )
         self._incoming: list[tuple[int, ClientRequest]] = []
         self._callers: dict[int, tuple[Peer, int]] = {}  # server request id -> (client, its request id)
+        self._internal: dict[int, asyncio.Future[ClientReply]] = {}  # this node's own requests
+        self._internal_client_id = f"node-{node_id}-{random.getrandbits(48):012x}"
+        self._internal_seq = 0
         self._next_request_id = 1
         self._flush_scheduled = False
         self._watches: dict[tuple[str, int], _Watch] = {}
@@ -145,6 +156,33 @@ class KvService:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    async def write_internal(self, command: kv.Command, *, timeout_s: float = 10.0) -> kv.WriteResult | None:
+        """A write of this node's own (e.g. the object collector deleting a
+        record), through Raft like any client's. Only on the leader; None if
+        this node is not the leader or the write's outcome is not known."""
+        if self.server.raft.role != "leader":
+            return None
+        self._internal_seq += 1
+        proposal = kv.Proposal(
+            client_id=self._internal_client_id, seq=self._internal_seq, ack=self._internal_seq, command=command
+        )
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        future: asyncio.Future[ClientReply] = asyncio.get_running_loop().create_future()
+        self._internal[request_id] = future
+        self._incoming.append((request_id, WriteRequest(proposal)))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        try:
+            async with asyncio.timeout(timeout_s):
+                reply = await future
+        except TimeoutError:
+            return None
+        finally:
+            self._internal.pop(request_id, None)
+        return reply.result if isinstance(reply, WriteReply) else None
 
     def on_watch(self, peer: Peer, message: wire.WatchRequest) -> None:
         """Start streaming events to a client."""
@@ -234,6 +272,11 @@ class KvService:
             if address is not None:
                 self.transport.send(address, message)
         for request_id, reply in out.replies:
+            internal = self._internal.pop(request_id, None)
+            if internal is not None:
+                if not internal.done():
+                    internal.set_result(reply)
+                continue
             caller = self._callers.pop(request_id, None)
             if caller is None:
                 continue

@@ -63,6 +63,10 @@ class NodeOptions:
     """How long a dead voter keeps its seat before the leader replaces it."""
     voters_max: int = 5
     """Voters kept once that many members are alive (the leader's policy)."""
+    object_grace_s: float = 3_600.0
+    """How long an unreferenced object is kept before it is collected."""
+    object_capacity_bytes: int | None = None
+    """Most chunk bytes this node stores (None: until the disk is full)."""
 
     @property
     def address(self) -> str:
@@ -216,7 +220,10 @@ class Node:
                 rtt_ms=self.membership.estimate_rtt_ms,
                 logger=self.log,
                 region=self.options.labels.get("region", ""),
+                gc_grace_s=self.options.object_grace_s,
+                capacity_bytes=self.options.object_capacity_bytes,
             )
+            self.objects.kv = self.kv
         except OSError as error:
             raise NodeStartError(f"cannot open the chunk store in {self.options.data_dir}: {error}") from error
         if self.options.http:

@@ -32,11 +32,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from moot.core import kv as kv_core
 from moot.core import objects, placement, wire
 from moot.core.objects import CorruptData
 from moot.core.repair import Effects, RepairConfig, RepairPlanner
 from moot.runtime.chunk_cache import ChunkCache
 from moot.runtime.chunk_store import ChunkMismatchError, ChunkStore, ChunkStoreFullError, Scrubber
+from moot.runtime.kv_service import KvService
 from moot.runtime.logs import StructuredLogger, log_event
 from moot.runtime.transport import Peer, Transport
 
@@ -47,6 +49,21 @@ CACHE_BYTES_DEFAULT: Final = 256 * 1024 * 1024
 CHUNKS_DIR: Final = "chunks"
 SCRUB_BYTES_PER_SECOND_DEFAULT: Final = 16 * 1024 * 1024  # a full re-hash of 1 TB in under a day, ~5% of a core
 SCRUB_INTERVAL_S: Final = 1.0
+GC_GRACE_S_DEFAULT: Final = 3_600.0  # an unreferenced object lives an hour: long enough for any in-flight job
+GC_INTERVAL_S_MAX: Final = 60.0
+GC_DELETES_PER_PASS_MAX: Final = 1_000
+
+
+def _range_all(state: kv_core.KvState, prefix: bytes) -> list[kv_core.KeyValue]:
+    """Every key under ``prefix`` in this node's applied state, page by page."""
+    found: list[kv_core.KeyValue] = []
+    after = b""
+    while True:
+        page, more = state.range(prefix, kv_core.RANGE_LIMIT_MAX, after=after)
+        found.extend(page)
+        if not more or not page:
+            return found
+        after = page[-1].key
 
 
 def monotonic_ms() -> int:
@@ -82,6 +99,7 @@ class ObjectService:
         region: str = "",
         repair_config: RepairConfig | None = None,
         scrub_bytes_per_second: int = SCRUB_BYTES_PER_SECOND_DEFAULT,
+        gc_grace_s: float = GC_GRACE_S_DEFAULT,
     ) -> None:
         self.node_id = node_id
         self.transport = transport
@@ -106,6 +124,11 @@ class ObjectService:
             self.planner.add_local(chunk)
         self.scrubber = Scrubber(self.store, scrub_bytes_per_second)
         self._wake = asyncio.Event()
+        self.gc_grace_s = gc_grace_s
+        self.kv: KvService | None = None  # set by the node: references live in the database
+        self._manifests: dict[str, objects.Manifest] = {}  # immutable: cached for the collector
+        self.objects_collected = 0
+        self.chunks_collected = 0
 
     # -- placement --------------------------------------------------------------------
 
@@ -129,9 +152,9 @@ class ObjectService:
         try:
             reply = await self._client_reply(message)
         except ObjectNotFound as error:
-            reply = wire.ErrorReply(request_id=request_id, kind="NotFound", message=str(error))
+            reply = wire.ErrorReply(request_id=request_id, kind="NotFound", message=wire.reason(str(error)))
         except (ObjectError, CorruptData, objects.BadObjectId) as error:
-            reply = wire.ErrorReply(request_id=request_id, kind="Unavailable", message=str(error))
+            reply = wire.ErrorReply(request_id=request_id, kind="Unavailable", message=wire.reason(str(error)))
         peer.reply(reply)
 
     async def _client_reply(self, message: wire.Message) -> wire.Message:
@@ -176,7 +199,11 @@ class ObjectService:
             )
             log_event(self.log, logging.WARNING, "object_under_replicated", object=object_id, replicas=replicas)
         return wire.ObjectCommitted(
-            request_id=message.request_id, object_id=object_id, size=manifest.size, replicas=replicas, warning=warning
+            request_id=message.request_id,
+            object_id=object_id,
+            size=manifest.size,
+            replicas=replicas,
+            warning=wire.reason(warning),
         )
 
     async def _missing_chunks(self, chunk_ids: Sequence[str]) -> list[str]:
@@ -325,11 +352,11 @@ class ObjectService:
                 reply = wire.ChunkStoreReply(request_id=message.request_id, chunk_id=message.chunk_id, ok=True)
             except (CorruptData, ChunkMismatchError) as error:
                 reply = wire.ChunkStoreReply(
-                    request_id=message.request_id, chunk_id=message.chunk_id, ok=False, error=str(error)
+                    request_id=message.request_id, chunk_id=message.chunk_id, ok=False, error=wire.reason(str(error))
                 )
             except ChunkStoreFullError as error:
                 reply = wire.ChunkStoreReply(
-                    request_id=message.request_id, chunk_id=message.chunk_id, ok=False, error=str(error)
+                    request_id=message.request_id, chunk_id=message.chunk_id, ok=False, error=wire.reason(str(error))
                 )
             self.transport.send(peer.address, reply)
         elif isinstance(message, wire.ChunkGet):
@@ -387,8 +414,9 @@ class ObjectService:
         self._wake.set()
 
     async def run(self) -> None:
-        """Repair and scrub until cancelled (the node's task group runs this)."""
+        """Repair, scrub and collect garbage until cancelled (the node's task group runs this)."""
         self.members_changed()
+        self._spawn(self._collect_forever())
         next_scrub = time.monotonic()
         while True:
             delay_s = max(0.0, (self.planner.next_deadline_ms() - monotonic_ms()) / 1000)
@@ -465,6 +493,70 @@ class ObjectService:
             log_event(self.log, logging.INFO, "chunk_repaired", chunk=chunk_id, target=target)
         self._wake.set()
 
+    # -- garbage -------------------------------------------------------------------------
+
+    async def _collect_forever(self) -> None:
+        interval_s = min(GC_INTERVAL_S_MAX, max(0.5, self.gc_grace_s / 4))
+        while True:
+            await asyncio.sleep(interval_s)  # a period, not a synchronisation
+            try:
+                await self.collect_garbage()
+            except ObjectError as error:
+                log_event(self.log, logging.WARNING, "gc_pass_failed", reason=str(error))
+
+    async def collect_garbage(self) -> None:
+        """One pass: the leader drops records of unreferenced objects past
+        their grace; every node deletes local chunks that no recorded object
+        uses and that are older than the grace period. References are read
+        from this node's copy of the database, only while it follows a
+        leader and has applied all it knows committed (a node cut off for
+        long must not judge what is garbage)."""
+        kv = self.kv
+        if kv is None:
+            return
+        raft = kv.server.raft
+        if raft.leader_id is None or raft.applied_index < raft.commit_index:
+            return
+        state = kv.server.state
+        now_ms = int(time.time() * 1000)
+        grace_ms = int(self.gc_grace_s * 1000)
+        records: dict[str, objects.ObjectRecord] = {}
+        for item in _range_all(state, objects.OBJECT_KEY_PREFIX):
+            record = objects.decode_record(item.value)
+            if record is not None:
+                records[item.key[len(objects.OBJECT_KEY_PREFIX) :].decode("ascii", "replace")] = record
+        references = [item.key for prefix in (objects.PIN_KEY_PREFIX, objects.REF_KEY_PREFIX) for item in _range_all(state, prefix)]
+        referenced = objects.referenced_ids(references)
+        if raft.role == "leader":
+            for object_id in objects.collectable(records, referenced, now_ms, grace_ms)[:GC_DELETES_PER_PASS_MAX]:
+                result = await kv.write_internal(kv_core.Delete(objects.OBJECT_KEY_PREFIX + object_id.encode()))
+                if result is not None and result.succeeded:
+                    self.objects_collected += 1
+                    records.pop(object_id, None)
+                    log_event(self.log, logging.INFO, "object_collected", object=object_id)
+        live: set[str] = set()
+        for object_id in records:
+            live.add(object_id)
+            manifest = self._manifests.get(object_id)
+            if manifest is None:
+                manifest = objects.decode_manifest(await self.fetch_chunk(object_id), object_id)
+                self._manifests[object_id] = manifest
+            live.update(manifest.chunks)
+        for gone in [m for m in self._manifests if m not in records]:
+            del self._manifests[gone]
+        deleted = 0
+        for chunk in self.store.ids():
+            if deleted >= GC_DELETES_PER_PASS_MAX:
+                break
+            mtime_ms = self.store.mtime_ms(chunk)
+            if chunk in live or mtime_ms is None or now_ms - mtime_ms < grace_ms:
+                continue
+            if self.store.delete(chunk):
+                self.planner.remove_local(chunk)
+                self.cache.discard(chunk)
+                deleted += 1
+        self.chunks_collected += deleted
+
     def stats(self) -> dict[str, int]:
         """Counters for ``moot status`` and metrics."""
         return {
@@ -477,6 +569,8 @@ class ObjectService:
             "scrub_corrupt": self.scrubber.corrupt_found,
             "cache_bytes": self.cache.used_bytes,
             "cache_hits": self.cache.hits,
+            "objects_collected": self.objects_collected,
+            "chunks_collected": self.chunks_collected,
         }
 
     def close(self) -> None:

@@ -161,3 +161,45 @@ def test_objects_survive_the_loss_of_two_holders(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, f"not re-replicated to 3 live copies: {copies}"
                 time.sleep(0.5)  # polling the survivors' disks with a deadline
             assert reader.objects.get(ref) == data
+
+
+def test_unpinned_objects_are_collected_after_the_grace_period_and_pinned_ones_stay(tmp_path: Path) -> None:
+    grace_s = 3.0
+    with LocalFederation(3, directory=tmp_path / "fed", node_args=["--object-grace-s", str(grace_s)]) as fed:
+        store = fed.client().objects
+        kept = store.put(os.urandom(5 * 1024 * 1024))
+        dropped = store.put(os.urandom(5 * 1024 * 1024))
+        dropped_chunks = [dropped.id, *store.stat(dropped).chunks]
+        kept_chunks = [kept.id, *store.stat(kept).chunks]
+        assert store.unpin(dropped) is True
+        assert store.unpin(dropped) is False, "the pin was already gone"
+        chunk_dirs = [node.data_dir / "chunks" for node in fed.nodes]
+
+        def copies(chunk: str) -> int:
+            return sum(1 for directory in chunk_dirs if any(directory.rglob(chunk)))
+
+        deadline = time.monotonic() + 60
+        while any(copies(c) for c in dropped_chunks):
+            assert time.monotonic() < deadline, "an unpinned object was not collected"
+            time.sleep(0.5)  # polling the nodes' disks with a deadline
+        with pytest.raises(moot.NotFound):
+            store.get(dropped)
+        assert store.get(kept) is not None
+        assert all(copies(c) == 3 for c in kept_chunks), "a pinned object lost copies"
+
+
+def test_a_full_disk_sends_the_write_to_another_holder_or_fails_clearly(tmp_path: Path) -> None:
+    tiny = ["--object-capacity-bytes", "1000000"]
+    with LocalFederation(4, directory=tmp_path / "fed", node_args={0: tiny}) as fed:
+        store = fed.client().objects
+        data = os.urandom(12 * 1024 * 1024)
+        ref = store.put(data)
+        assert ref.replicas == 3
+        full_node_chunks = [p for p in (fed.nodes[0].data_dir / "chunks").rglob("*") if p.is_file() and len(p.name) == 64]
+        assert sum(p.stat().st_size for p in full_node_chunks) <= 1_000_000
+        assert store.get(ref) == data
+    with LocalFederation(3, directory=tmp_path / "full", node_args=tiny) as fed:
+        with pytest.raises(moot.Unavailable, match=r"(?i)full|capacity"):
+            fed.client().objects.put(os.urandom(3 * 1024 * 1024))
+        small = fed.client().objects.put(b"still fits")
+        assert fed.client().objects.get(small) == b"still fits"

@@ -450,3 +450,17 @@ def test_encode_batch_refuses_what_replicas_could_not_decode() -> None:
 def test_decode_batch_of_garbage_raises_only_msgspec_errors(data: bytes) -> None:
     with contextlib.suppress(msgspec.DecodeError):  # ValidationError is a subclass
         kv.decode_batch(data)
+
+
+def test_range_pages_with_after() -> None:
+    state = KvState()
+    log = Log(state)
+    for i in range(7):
+        log.one(Proposal("c", seq=i + 1, ack=i + 1, command=Put(f"p/{i}".encode(), b"v")))
+    log.one(Proposal("c", seq=8, ack=8, command=Put(b"q/0", b"v")))
+    first, more = state.range(b"p/", 3)
+    assert [kv.key for kv in first] == [b"p/0", b"p/1", b"p/2"] and more
+    second, more = state.range(b"p/", 3, after=first[-1].key)
+    assert [kv.key for kv in second] == [b"p/3", b"p/4", b"p/5"] and more
+    third, more = state.range(b"p/", 3, after=second[-1].key)
+    assert [kv.key for kv in third] == [b"p/6"] and not more

@@ -214,3 +214,12 @@ def test_non_utf8_map_key_is_a_remote_error() -> None:
     # DecodeError, for a map key that is not UTF-8.
     with pytest.raises(wire.RemoteProtocolError):
         wire.decode(b"\x81\xa3\xff\xfe\xfd\x01")
+
+
+def test_reasons_are_cut_to_what_a_receiver_accepts() -> None:
+    long = "x" * (wire.REASON_CHARS_MAX + 500)
+    reply = wire.ErrorReply(request_id=1, kind="Unavailable", message=wire.reason(long))
+    decoded = wire.decode(wire.encode(reply))  # a longer message would fail to decode and cost the connection
+    assert isinstance(decoded, wire.ErrorReply)
+    assert len(decoded.message) == wire.REASON_CHARS_MAX
+    assert wire.reason("short") == "short"
