@@ -108,19 +108,30 @@ def node_start(
         ),
     ] = None,
     voter_grace_ms: Annotated[
-        int, typer.Option(min=0, help="How long a dead voter keeps its seat before the leader replaces it.")
+        int,
+        typer.Option(
+            min=0, help="How long a dead voter keeps its seat before the leader replaces it."
+        ),
     ] = 5_000,
     voters_max: Annotated[
         int,
         typer.Option(
-            min=1, max=9, help="Voters kept once that many members are alive (3 below that, as long as 3 are alive)."
+            min=1,
+            max=9,
+            help="Voters kept once that many members are alive (3 below that, as long as 3 are alive).",
         ),
     ] = 5,
     object_grace_s: Annotated[
-        float, typer.Option(min=0.0, help="Seconds an unreferenced (unpinned) object is kept before collection.")
+        float,
+        typer.Option(
+            min=0.0, help="Seconds an unreferenced (unpinned) object is kept before collection."
+        ),
     ] = 3_600.0,
     object_capacity_bytes: Annotated[
-        int | None, typer.Option(min=1, help="Most bytes of chunks this node stores (default: until the disk is full).")
+        int | None,
+        typer.Option(
+            min=1, help="Most bytes of chunks this node stores (default: until the disk is full)."
+        ),
     ] = None,
 ) -> None:
     """Start a node and serve until SIGTERM (which leaves gracefully)."""
@@ -355,7 +366,9 @@ def object_put(
     path: Annotated[Path, typer.Argument(help="The file to store.")],
     cluster: ClusterOption,
     node: NodesOption,
-    pin: Annotated[str, typer.Option(help="Pin name that keeps the object (unpin to let it be collected).")] = "user",
+    pin: Annotated[
+        str, typer.Option(help="Pin name that keeps the object (unpin to let it be collected).")
+    ] = "user",
 ) -> None:
     """Store FILE in the object store; prints its id (the hash of its manifest)."""
     from moot.client.errors import MootError
@@ -452,6 +465,30 @@ def status(
             str(r.keys),
         )
     console.print(table)
+    objects_table = Table(title="object store per node")
+    for column in (
+        "node",
+        "chunks",
+        "MiB",
+        "repairs",
+        "scrubbed MiB",
+        "corrupt found",
+        "cache hits",
+        "collected",
+    ):
+        objects_table.add_column(column)
+    for r in sorted(replies, key=lambda r: r.node_id):
+        objects_table.add_row(
+            r.node_id,
+            str(r.chunks),
+            f"{r.chunk_bytes / 2**20:.1f}",
+            str(r.repairs),
+            f"{r.scrubbed_bytes / 2**20:.1f}",
+            str(r.corrupt_found),
+            str(r.cache_hits),
+            str(r.objects_collected),
+        )
+    console.print(objects_table)
 
 
 @local_app.command("up")

@@ -405,6 +405,13 @@ class StatusReply(msgspec.Struct, frozen=True, tag=TAGS.STATUS_REPLY, forbid_unk
     snapshot_index: Sequence
     revision: Sequence
     keys: Sequence
+    chunks: Sequence = 0
+    chunk_bytes: Sequence = 0
+    repairs: Sequence = 0
+    scrubbed_bytes: Sequence = 0
+    corrupt_found: Sequence = 0
+    cache_hits: Sequence = 0
+    objects_collected: Sequence = 0
 
 
 ChunkBytes = Annotated[bytes, msgspec.Meta(max_length=CHUNK_BYTES_MAX)]

@@ -309,7 +309,20 @@ class Node:
             if peer.role == "node":
                 self.objects.on_peer_message(peer, message)
         elif isinstance(message, wire.StatusRequest) and self.kv is not None:
-            peer.reply(self.kv.status(message.request_id, self.options.address))
+            status = self.kv.status(message.request_id, self.options.address)
+            if self.objects is not None:
+                stats = self.objects.stats()
+                status = msgspec.structs.replace(
+                    status,
+                    chunks=stats["chunks"],
+                    chunk_bytes=stats["chunk_bytes"],
+                    repairs=stats["repairs_pushed"],
+                    scrubbed_bytes=stats["scrub_bytes"],
+                    corrupt_found=stats["scrub_corrupt"] + stats["bad_replicas_reported"],
+                    cache_hits=stats["cache_hits"],
+                    objects_collected=stats["objects_collected"],
+                )
+            peer.reply(status)
         elif isinstance(message, wire.MembersRequest):
             peer.reply(
                 wire.MembersReply(

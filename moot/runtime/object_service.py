@@ -330,6 +330,7 @@ class ObjectService:
                     self.transport.send(address, wire.ChunkBad(chunk_id=chunk_id))
                 continue
             self.cache.put(chunk_id, data)
+            log_event(self.log, logging.INFO, "chunk_fetched", chunk=chunk_id, holder=node, rtt_ms=self._rtt_ms(node))
             return data
         detail = f" ({'; '.join(problems[:3])})" if problems else ""
         raise ObjectNotFound(f"no live member holds {chunk_id[:16]}…{detail}; check the id")

@@ -126,6 +126,7 @@ def test_cli_kv_commands_and_status(federation: LocalFederation) -> None:
     assert status.returncode == 0, status.stderr
     assert "leader:" in status.stdout
     assert status.stdout.count("follower") == 2
+    assert "object store per node" in status.stdout
     bad = _moot("kv", "get", "cli/x", "--consistency", "sometimes", *common)
     assert bad.returncode == 1
     assert "consistency must be one of" in bad.stderr

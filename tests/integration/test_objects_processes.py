@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import pytest
 import moot
 from moot.client.local import LocalFederation
 from moot.core import objects
+from moot.core.wire import MemberInfo
+from moot.runtime.faults import FaultConfig, FaultRule, write_faults_file
 
 pytestmark = pytest.mark.integration
 
@@ -136,6 +139,9 @@ def test_bad_bytes_on_disk_are_never_returned(tmp_path: Path) -> None:
         while not all(copy.exists() and good(copy.read_bytes()) == first_chunk for copy in copies):
             assert time.monotonic() < deadline, "a corrupt copy was not repaired"
             time.sleep(0.2)  # polling the holders' disks with a deadline
+        statuses = fed.statuses().values()
+        assert sum(s.corrupt_found for s in statuses) >= 2, "moot status does not show the bad copies"
+        assert sum(s.repairs for s in statuses) >= 2, "moot status does not show the repairs"
 
 
 def test_objects_survive_the_loss_of_two_holders(tmp_path: Path) -> None:
@@ -203,3 +209,39 @@ def test_a_full_disk_sends_the_write_to_another_holder_or_fails_clearly(tmp_path
             fed.client().objects.put(os.urandom(3 * 1024 * 1024))
         small = fed.client().objects.put(b"still fits")
         assert fed.client().objects.get(small) == b"still fits"
+
+
+def test_a_read_goes_to_the_nearest_replica_and_the_next_one_is_served_from_the_edge_cache(tmp_path: Path) -> None:
+    faults_file = tmp_path / "faults.json"
+    write_faults_file(faults_file, FaultConfig())
+    with LocalFederation(4, directory=tmp_path / "fed", extra_env={"MOOT_FAULTS_FILE": str(faults_file)}) as fed:
+        data = os.urandom(1024 * 1024)  # one chunk
+        ref = fed.client().objects.put(data)
+        chunk = fed.client().objects.stat(ref).chunks[0]
+        by_index = {index: status.node_id for index, status in fed.statuses().items()}
+        holders = [i for i, node in enumerate(fed.nodes) if any((node.data_dir / "chunks").rglob(chunk))]
+        assert len(holders) == 3
+        reader = next(i for i in range(4) if i not in holders)
+        near, *far = holders
+        rules = []
+        for index in far:  # 30 ms each way between the reader and two of the holders
+            rules.append(FaultRule(source=fed.addresses[reader], destination=fed.addresses[index], delay_ms=30.0))
+            rules.append(FaultRule(source=fed.addresses[index], destination=fed.addresses[reader], delay_ms=30.0))
+        write_faults_file(faults_file, FaultConfig(rules=tuple(rules)))
+
+        def learned(views: dict[int, list[MemberInfo]]) -> bool:
+            rtt = {info.node_id: info.rtt_ms for info in views.get(reader, [])}
+            near_rtt = rtt.get(by_index[near])
+            return near_rtt is not None and all((rtt.get(by_index[i]) or 0) > near_rtt + 20 for i in far)
+
+        fed.wait_until(learned, what="the reader's RTT estimates to learn the injected latency", timeout_s=90)
+        log = fed.nodes[reader].log_path
+        with moot.connect([fed.addresses[reader]], cluster=fed.cluster_dir, pinned=True) as client:
+            assert client.objects.get(ref) == data
+            fetched = [json.loads(line) for line in log.read_text().splitlines() if '"chunk_fetched"' in line]
+            assert [entry["holder"] for entry in fetched if entry["chunk"] == chunk] == [by_index[near]]
+            hits_before = fed.statuses()[reader].cache_hits
+            assert client.objects.get(ref) == data
+            fetched_again = [line for line in log.read_text().splitlines() if '"chunk_fetched"' in line]
+            assert len(fetched_again) == len(fetched), "the second read went to a holder, not the edge cache"
+            assert fed.statuses()[reader].cache_hits > hits_before
