@@ -133,6 +133,13 @@ def node_start(
             min=1, help="Most bytes of chunks this node stores (default: until the disk is full)."
         ),
     ] = None,
+    object_replicas: Annotated[int, typer.Option(min=1, max=16, help="Copies of every chunk this node places.")] = 3,
+    object_write_quorum: Annotated[
+        int | None, typer.Option(min=1, max=16, help="Copies on disk before a write is acknowledged (default: all).")
+    ] = None,
+    object_cache_bytes: Annotated[
+        int, typer.Option(min=0, help="Memory for chunks this node served, so the next reader nearby gets them locally.")
+    ] = 256 * 1024 * 1024,
 ) -> None:
     """Start a node and serve until SIGTERM (which leaves gracefully)."""
     from moot.runtime.logs import configure_logging
@@ -155,6 +162,9 @@ def node_start(
         voters_max=voters_max,
         object_grace_s=object_grace_s,
         object_capacity_bytes=object_capacity_bytes,
+        object_replicas=object_replicas,
+        object_write_quorum=object_write_quorum,
+        object_cache_bytes=object_cache_bytes,
     )
     try:
         run_node(options)

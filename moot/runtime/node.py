@@ -67,6 +67,12 @@ class NodeOptions:
     """How long an unreferenced object is kept before it is collected."""
     object_capacity_bytes: int | None = None
     """Most chunk bytes this node stores (None: until the disk is full)."""
+    object_replicas: int = 3
+    """Copies of every chunk (R); fewer while fewer members are alive."""
+    object_write_quorum: int | None = None
+    """Copies on disk before a write is acknowledged (None: all R)."""
+    object_cache_bytes: int = 256 * 1024 * 1024
+    """Bytes of chunks this node keeps in memory after serving them (the edge cache)."""
 
     @property
     def address(self) -> str:
@@ -222,6 +228,9 @@ class Node:
                 region=self.options.labels.get("region", ""),
                 gc_grace_s=self.options.object_grace_s,
                 capacity_bytes=self.options.object_capacity_bytes,
+                replicas=self.options.object_replicas,
+                write_quorum=self.options.object_write_quorum,
+                cache_bytes=self.options.object_cache_bytes,
             )
             self.objects.kv = self.kv
         except OSError as error:

@@ -245,3 +245,12 @@ def test_a_read_goes_to_the_nearest_replica_and_the_next_one_is_served_from_the_
             fetched_again = [line for line in log.read_text().splitlines() if '"chunk_fetched"' in line]
             assert len(fetched_again) == len(fetched), "the second read went to a holder, not the edge cache"
             assert fed.statuses()[reader].cache_hits > hits_before
+
+
+def test_a_small_federation_stores_fewer_replicas_and_says_so(tmp_path: Path) -> None:
+    with LocalFederation(2, directory=tmp_path / "fed") as fed:
+        store = fed.client().objects
+        ref = store.put(os.urandom(200_000))
+        assert ref.replicas == 2
+        assert "2 replicas, not 3" in store.last_warning
+        assert store.get(ref) is not None
