@@ -351,6 +351,8 @@ class Node:
     def _on_peer_lost(self, node_id: str, reason: str) -> None:
         if self.kv is not None:
             self.kv.on_peer_lost(node_id)
+        if self.objects is not None:
+            self.objects.peer_lost(node_id)
 
     def _apply(self, out: Output) -> None:
         # Contract order: persist, then send, then notify.

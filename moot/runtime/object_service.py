@@ -44,6 +44,7 @@ from moot.runtime.transport import Peer, Transport
 
 REPLICAS_DEFAULT: Final = 3
 PEER_TIMEOUT_S: Final = 10.0  # a 4 MiB chunk to a busy peer on a slow link
+UNREACHABLE_S: Final = 3.0  # a member whose connection just closed is skipped this long (membership decides after)
 FETCH_CANDIDATES_EXTRA: Final = 3  # beyond the R holders, ranked nodes tried when reading
 CACHE_BYTES_DEFAULT: Final = 256 * 1024 * 1024
 CHUNKS_DIR: Final = "chunks"
@@ -113,6 +114,8 @@ class ObjectService:
         self.cache = ChunkCache(cache_bytes)
         self._request_ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[wire.Message]] = {}
+        self._pending_target: dict[int, str] = {}
+        self._unreachable: dict[str, float] = {}  # node id -> monotonic time until which it is skipped
         self._tasks: set[asyncio.Task[None]] = set()
         self.bad_replicas_reported = 0
         self.repairs_pushed = 0
@@ -132,14 +135,33 @@ class ObjectService:
 
     # -- placement --------------------------------------------------------------------
 
+    def live(self) -> list[placement.Candidate]:
+        """Members alive in membership, minus those whose connection just
+        closed (a killed node is seen at once; membership takes seconds)."""
+        now = time.monotonic()
+        for node in [n for n, until in self._unreachable.items() if until <= now]:
+            del self._unreachable[node]
+        return [c for c in self._live_members() if c.node_id not in self._unreachable]
+
     def replicas_now(self) -> tuple[int, list[placement.Candidate]]:
         """How many replicas a write gets now, and the live members."""
-        live = list(self._live_members())
+        live = self.live()
         return placement.replicas_for(len(live), self.replicas), live
 
     def ranked(self, key: str) -> list[str]:
         """Every live member in this key's rendezvous order (holders first)."""
-        return placement.rank(key, list(self._live_members()))
+        return placement.rank(key, self.live())
+
+    def peer_lost(self, node_id: str) -> None:
+        """``node_id``'s connection closed: skip it for a while and fail our
+        requests to it now rather than at their timeout."""
+        if node_id == self.node_id:
+            return
+        self._unreachable[node_id] = time.monotonic() + UNREACHABLE_S
+        for request_id, target in list(self._pending_target.items()):
+            future = self._pending.get(request_id)
+            if target == node_id and future is not None and not future.done():
+                future.set_exception(ObjectError(f"{node_id} went away"))
 
     # -- client requests --------------------------------------------------------------
 
@@ -390,17 +412,22 @@ class ObjectService:
         address = self._address_of(node_id)
         if address is None:
             raise ObjectError(f"no address known for {node_id}")
+        if node_id in self._unreachable:
+            raise ObjectError(f"{node_id} is unreachable (its connection closed)")
         request_id = next(self._request_ids)
         future: asyncio.Future[wire.Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        self._pending_target[request_id] = node_id
         try:
             self.transport.send(address, build(request_id))
             async with asyncio.timeout(PEER_TIMEOUT_S):
                 return await future
         except TimeoutError:
+            self._unreachable[node_id] = time.monotonic() + UNREACHABLE_S
             raise ObjectError(f"{node_id} did not answer within {PEER_TIMEOUT_S:.0f}s") from None
         finally:
             self._pending.pop(request_id, None)
+            self._pending_target.pop(request_id, None)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -411,7 +438,7 @@ class ObjectService:
 
     def members_changed(self) -> None:
         """Membership changed: holders of some chunks moved (repair looks)."""
-        self.planner.set_members(monotonic_ms(), list(self._live_members()))
+        self.planner.set_members(monotonic_ms(), list(self._live_members()))  # membership's word, not hints
         self._wake.set()
 
     async def run(self) -> None:
