@@ -327,7 +327,7 @@ class Node:
                     chunk_bytes=stats["chunk_bytes"],
                     repairs=stats["repairs_pushed"],
                     scrubbed_bytes=stats["scrub_bytes"],
-                    corrupt_found=stats["scrub_corrupt"] + stats["bad_replicas_reported"],
+                    corrupt_found=stats["corrupt_found"],
                     cache_hits=stats["cache_hits"],
                     objects_collected=stats["objects_collected"],
                 )

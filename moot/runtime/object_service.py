@@ -595,6 +595,7 @@ class ObjectService:
             "bad_replicas_reported": self.bad_replicas_reported,
             "scrub_bytes": self.scrubber.bytes_scrubbed,
             "scrub_corrupt": self.scrubber.corrupt_found,
+            "corrupt_found": self.store.corrupt_count,  # copies on this disk found bad, by any check
             "cache_bytes": self.cache.used_bytes,
             "cache_hits": self.cache.hits,
             "objects_collected": self.objects_collected,
