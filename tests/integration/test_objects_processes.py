@@ -146,7 +146,7 @@ def test_bad_bytes_on_disk_are_never_returned(tmp_path: Path) -> None:
 
 def test_objects_survive_the_loss_of_two_holders(tmp_path: Path) -> None:
     with LocalFederation(5, directory=tmp_path / "fed") as fed:
-        data = os.urandom(10 * 1024 * 1024)
+        data = os.urandom(50 * 1024 * 1024)  # the 50 MB: 13 chunks
         ref = fed.client().objects.put(data)
         holders = fed.client().objects.locate(ref)
         assert len(holders) == 3
