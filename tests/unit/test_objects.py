@@ -71,3 +71,25 @@ def test_object_ids_are_validated_with_a_clear_error() -> None:
     for bad in ("A" * 64, "a" * 63, "../etc/passwd", 42):
         with pytest.raises(objects.BadObjectId, match="object id"):
             objects.validate_object_id(bad)
+
+
+def test_only_unreferenced_objects_past_their_grace_are_collectable() -> None:
+    old, fresh, pinned, job = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+    records = {
+        old: objects.ObjectRecord(size=1, touched_ms=0),
+        fresh: objects.ObjectRecord(size=1, touched_ms=9_500),
+        pinned: objects.ObjectRecord(size=1, touched_ms=0),
+        job: objects.ObjectRecord(size=1, touched_ms=0),
+    }
+    keys = [objects.PIN_KEY_PREFIX + pinned.encode() + b"/user", objects.REF_KEY_PREFIX + job.encode() + b"/job-7"]
+    referenced = objects.referenced_ids(keys)
+    assert referenced == {pinned, job}
+    assert objects.collectable(records, referenced, now_ms=10_000, grace_ms=1_000) == [old]
+    assert objects.collectable(records, referenced, now_ms=20_000, grace_ms=1_000) == [old, fresh]
+
+
+def test_object_records_round_trip_and_garbage_values_are_not_records() -> None:
+    record = objects.ObjectRecord(size=123, touched_ms=456)
+    assert objects.decode_record(objects.encode_record(record)) == record
+    assert objects.decode_record(b"") is None
+    assert objects.decode_record(b"\xc1garbage") is None
