@@ -41,7 +41,8 @@ Rules (R = ``replicas_for(live count, config.replicas)``):
    (their holders changed because a member left, or a peer answered
    "absent"), then the next ones of a cursor cycling through the
    inventory, so every chunk is examined at least once per pass and no
-   tick rescans everything. Queries, pushes and drops per tick have their
+   tick rescans everything (a pass starts at most every
+   ``sweep_pass_ms_min``). Queries, pushes and drops per tick have their
    own ``*_max``. A member joining is rebalancing, not repair: the cursor
    finds the chunks it should hold.
 
@@ -92,6 +93,13 @@ class RepairConfig:
     """Chunks examined per tick: R SHA-256s each per live member. 100,000
     chunks are all examined within 100 ticks."""
 
+    sweep_pass_ms_min: int = 1_000
+    """A new pass of the cursor over the inventory starts at most this often
+    (one tick: a small inventory is examined once per tick, not several
+    times). Examining a chunk is cheap while membership is unchanged (its
+    ranking is cached). Keep it below ``knowledge_ttl_ms``: the pass is
+    what re-asks expired answers and retries lost pushes."""
+
     query_chunks_per_tick_max: int = 4_096
     """Chunk ids asked about per tick, over all peers."""
 
@@ -109,6 +117,8 @@ class RepairConfig:
                      "push_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RepairConfig.{name} must be >= 1")
+        if not 0 <= self.sweep_pass_ms_min < self.knowledge_ttl_ms:
+            raise ValueError("RepairConfig.sweep_pass_ms_min must be within [0, knowledge_ttl_ms)")
         if self.attention_delay_ms > self.tick_interval_ms:
             raise ValueError("RepairConfig.attention_delay_ms must be <= tick_interval_ms")
         if self.scan_chunks_per_tick_max < 1 or self.drops_per_tick_max < 1:
@@ -159,10 +169,15 @@ class Effects:
 class _Chunk:
     """What this node knows about one local chunk (dicts created on first use: 100k of these)."""
 
-    __slots__ = ("asked", "desired", "known", "pushed")
+    __slots__ = ("asked", "desired", "known", "pushed", "ranking", "version")
 
     def __init__(self) -> None:
         self.desired: tuple[str, ...] = ()
+        # The ranking's head, down to the desired holders and this node,
+        # computed for membership ``version`` (-1: never): rank() costs a
+        # SHA-256 per member, so it runs again only when membership changed.
+        self.ranking: tuple[str, ...] = ()
+        self.version = -1
         self.known: dict[str, tuple[bool, int]] | None = None  # node -> (present, answered at)
         self.asked: dict[str, int] | None = None  # node -> asked at
         self.pushed: dict[str, int] | None = None  # target -> pushed at
@@ -181,11 +196,13 @@ class RepairPlanner:
         self._order: list[str] = []
         self._position: dict[str, int] = {}
         self._cursor = 0
+        self._pass_started_ms = now_ms
         self._attention: dict[str, None] = {}  # an ordered set
         # Reverse index: node -> local chunks it was a desired holder of when last examined.
         self._desired_of: dict[str, dict[str, None]] = {}
         self._live: dict[str, str] = {node_id: region}
         self._candidates: tuple[Candidate, ...] = (Candidate(node_id, region),)
+        self._version = 0  # bumped whenever the live set changes
         self._next_tick_ms = now_ms + config.tick_interval_ms
 
     # -- inputs ---------------------------------------------------------------------
@@ -221,6 +238,7 @@ class RepairPlanner:
                 if chunk_ids:
                     self._attention.update(chunk_ids)
         self._live = live
+        self._version += 1
         self._candidates = tuple(Candidate(node_id, live[node_id]) for node_id in sorted(live))
         if self._attention:
             self._hurry(now_ms)
@@ -294,7 +312,10 @@ class RepairPlanner:
             and batch.has_room(config, replicas)
         ):
             if self._cursor >= len(self._order):
+                if now_ms - self._pass_started_ms < config.sweep_pass_ms_min:
+                    break  # this pass is done; the next starts later
                 self._cursor = 0
+                self._pass_started_ms = now_ms
             chunk_id = self._order[self._cursor]
             self._cursor += 1
             swept += 1
@@ -337,11 +358,17 @@ class RepairPlanner:
 
     def _examine(self, chunk_id: str, now_ms: int, replicas: int, batch: _Batch) -> None:
         state = self._chunks[chunk_id]
-        ranking = rank(chunk_id, self._candidates)
-        desired = tuple(ranking[:replicas])
-        if desired != state.desired:
-            self._reindex(chunk_id, state.desired, desired)
-            state.desired = desired
+        if state.version != self._version:
+            full = rank(chunk_id, self._candidates)
+            head = max(replicas, full.index(self.node_id) + 1)
+            state.ranking = tuple(full[:head])
+            state.version = self._version
+            desired = state.ranking[:replicas]
+            if desired != state.desired:
+                self._reindex(chunk_id, state.desired, desired)
+                state.desired = desired
+        ranking = state.ranking
+        desired = state.desired
         self._expire(state, now_ms)
         known = state.known or {}
         self._ask(chunk_id, state, desired, known, now_ms, batch)
@@ -372,7 +399,7 @@ class RepairPlanner:
                 state.asked = {}
             state.asked[node_id] = now_ms
 
-    def _owner(self, ranking: list[str], known: dict[str, tuple[bool, int]]) -> str:
+    def _owner(self, ranking: tuple[str, ...], known: dict[str, tuple[bool, int]]) -> str:
         """The highest-ranked node known to hold the chunk (this node holds it)."""
         for node_id in ranking:
             if node_id == self.node_id:
