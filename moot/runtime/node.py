@@ -15,12 +15,16 @@ import logging
 import random
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from moot.core import objects, placement, voters, wire
 from moot.core.membership import Membership, MemberView, Output
@@ -435,6 +439,7 @@ class Node:
         app.router.add_get("/api/members", self._api_members)
         app.router.add_get("/api/events", self._api_events)
         app.router.add_get("/objects/{object_id}", self._get_object)
+        app.router.add_get("/metrics", self._metrics)
         self._http_runner = web.AppRunner(app, access_log=None)
         await self._http_runner.setup()
         site = web.TCPSite(self._http_runner, host, port)
@@ -474,6 +479,12 @@ class Node:
 
     async def _api_events(self, request: web.Request) -> web.Response:
         return web.json_response({"node_id": self.node_id, "events": self.events})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text exposition of this node's counters (behind the token, like the rest)."""
+        registry = CollectorRegistry()
+        registry.register(_NodeCollector(self))
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _get_object(self, request: web.Request) -> web.StreamResponse:
         """``GET /objects/<id>``: the object's bytes, verified, with HTTP Range
@@ -519,6 +530,37 @@ class Node:
                     break
         await response.write_eof()
         return response
+
+
+class _NodeCollector(Collector):
+    """This node's state as Prometheus metrics, read at scrape time."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        if node.kv is not None:
+            raft = node.kv.server.raft
+            yield GaugeMetricFamily("moot_raft_term", "Current Raft term.", value=raft.term)
+            yield GaugeMetricFamily("moot_raft_is_leader", "1 if this node leads the Raft group.", value=int(raft.role == "leader"))
+            yield GaugeMetricFamily("moot_raft_commit_index", "Highest log index known committed.", value=raft.commit_index)
+            yield GaugeMetricFamily("moot_raft_applied_index", "Highest log index applied.", value=raft.applied_index)
+            yield GaugeMetricFamily("moot_raft_voters", "Voters in the Raft configuration.", value=len(raft.voters))
+            yield GaugeMetricFamily("moot_kv_revision", "Revision of the key-value store.", value=node.kv.server.state.revision)
+        if node.objects is not None:
+            stats = node.objects.stats()
+            yield GaugeMetricFamily("moot_object_chunks", "Chunks stored on this node.", value=stats["chunks"])
+            yield GaugeMetricFamily("moot_object_chunk_bytes", "Bytes of chunks stored on this node.", value=stats["chunk_bytes"])
+            yield CounterMetricFamily("moot_object_repairs", "Chunk copies this node restored (pushes and heals).", value=stats["repairs_pushed"])
+            yield CounterMetricFamily("moot_object_copies_dropped", "Extra chunk copies dropped after rebalancing.", value=stats["copies_dropped"])
+            yield CounterMetricFamily("moot_object_scrubbed_bytes", "Bytes re-hashed by the scrubber.", value=stats["scrub_bytes"])
+            yield CounterMetricFamily("moot_object_corrupt_copies", "Chunk copies on this disk found corrupt.", value=stats["corrupt_found"])
+            yield CounterMetricFamily("moot_object_bad_replicas_reported", "Holders caught serving bad bytes.", value=stats["bad_replicas_reported"])
+            yield GaugeMetricFamily("moot_object_cache_bytes", "Bytes in the edge cache.", value=stats["cache_bytes"])
+            yield CounterMetricFamily("moot_object_cache_hits", "Chunk reads served from the edge cache.", value=stats["cache_hits"])
+            yield CounterMetricFamily("moot_object_collected", "Unreferenced objects collected (by this node as leader).", value=stats["objects_collected"])
+            yield CounterMetricFamily("moot_object_chunks_collected", "Unused chunks deleted from this disk.", value=stats["chunks_collected"])
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int]:

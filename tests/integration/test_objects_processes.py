@@ -87,6 +87,11 @@ def test_every_node_serves_objects_over_http_with_ranges(federation: LocalFedera
     assert fetch(f"{base}/objects/{ref.id}", {"Range": f"bytes={len(data)}-"})[0] == 416
     assert fetch(f"{base}/objects/{'0' * 64}", {})[0] == 404
     assert fetch(f"{base}/objects/nope", {})[0] == 400
+    status, body, headers = fetch(f"{base}/metrics", {})
+    assert status == 200
+    text = body.decode()
+    for metric in ("moot_object_chunks ", "moot_object_repairs_total ", "moot_object_cache_hits_total ", "moot_raft_term "):
+        assert metric in text, f"{metric.strip()} missing from /metrics"
     unauthorized = urllib.request.Request(f"{base}/objects/{ref.id}")
     with pytest.raises(urllib.error.HTTPError) as denied:
         urllib.request.urlopen(unauthorized, timeout=30)
