@@ -239,9 +239,9 @@ class ObjectService:
         for holder, asked in by_holder.items():
             present.update(await self._held_by(holder, asked))
         # A first-ranked holder that lacks a chunk does not make it missing:
-        # ask the rest of its holders before giving up.
+        # ask the rest of its holders, and the fallbacks a failed write used.
         for chunk in [c for c in chunk_ids if c not in present]:
-            for holder in self.ranked(chunk)[1 : self.replicas]:
+            for holder in self.ranked(chunk)[1 : self.replicas + FETCH_CANDIDATES_EXTRA]:
                 if chunk in await self._held_by(holder, [chunk]):
                     present.add(chunk)
                     break
