@@ -214,7 +214,9 @@ class Objects:
                     position += 1
                 reply = _expect(await window.pop(0), wire.ChunkData)
                 try:
-                    yield objects.verify_chunk(reply.chunk_id, reply.data)
+                    # Hash in a thread (hashlib releases the GIL): the loop
+                    # keeps decrypting the next chunks meanwhile.
+                    yield await asyncio.to_thread(objects.verify_chunk, reply.chunk_id, reply.data)
                 except objects.CorruptData as error:
                     raise Unavailable(f"the node sent bad bytes for a chunk: {error}") from None
         finally:
