@@ -59,6 +59,7 @@ class Client:
         self._thread.start()
         self._closed = False
         self._closing: set[asyncio.Future[None]] = set()
+        self._connecting: dict[str, asyncio.Future[ClientConnection]] = {}
         self.kv = Kv(self)
         """The replicated key-value store (``moot.client.kv``)."""
         self.objects = Objects(self)
@@ -138,10 +139,26 @@ class Client:
     async def _request_on(self, address: str, message: wire.Message, timeout_s: float | None = None) -> wire.Message:
         connection = self._connections.get(address)
         if connection is None or connection.closed:
-            connection = await open_client_connection(address, self.cluster)
-            self._connections[address] = connection
+            # One connection per address even when concurrent requests (a
+            # window of chunk uploads) all find none: the others wait for the
+            # first one's (found: orphaned extra connections were never closed).
+            pending = self._connecting.get(address)
+            if pending is None:
+                pending = asyncio.ensure_future(self._connect(address))
+                self._connecting[address] = pending
+            connection = await asyncio.shield(pending)
         timeout_ms = None if timeout_s is None else max(1, int(timeout_s * 1000))
         return await connection.request(message, timeout_ms)
+
+    async def _connect(self, address: str) -> ClientConnection:
+        """Open the connection to ``address`` and keep it, whether or not the
+        request that asked for it is still waiting."""
+        try:
+            connection = await open_client_connection(address, self.cluster)
+            self._connections[address] = connection
+            return connection
+        finally:
+            self._connecting.pop(address, None)
 
     async def _drop(self, address: str) -> None:
         """Forget the connection to ``address`` now; close it in the

@@ -333,7 +333,7 @@ class Watch:
         self._events: queue.Queue[Any] = queue.Queue(WATCH_QUEUE_EVENTS_MAX)
         self._task: asyncio.Future[None] | None = None
         self._closed = False
-        self._closing: asyncio.Future[None] | None = None
+        self._asyncio_task: asyncio.Task[Any] | None = None
         self.error: str | None = None
 
     def start(self) -> None:
@@ -366,14 +366,22 @@ class Watch:
         return item
 
     def close(self) -> None:
-        """Stop the watch."""
+        """Stop the watch (and close its connection) before returning."""
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
+        if self._task is not None and not self._client._closed:
+            future = asyncio.run_coroutine_threadsafe(self._stop(), self._client._loop)
+            with contextlib.suppress(Exception):
+                future.result(timeout=5)
         with contextlib.suppress(queue.Full):
             self._events.put_nowait(_WATCH_END)
+
+    async def _stop(self) -> None:
+        task = self._asyncio_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
 
     def __enter__(self) -> Watch:
         return self
@@ -382,6 +390,7 @@ class Watch:
         self.close()
 
     async def _run(self) -> None:
+        self._asyncio_task = asyncio.current_task()
         addresses = list(self._client.addresses)
         watch_id = 1
         for attempt in itertools.count():
@@ -448,8 +457,9 @@ class Watch:
         finally:
             for waiter in waiters:
                 waiter.cancel()
-            task = asyncio.ensure_future(connection.close())
-            self._closing = task  # closed in the background: a silent node would make us wait
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):  # bounded: a silent node must not hold us
+                    await connection.close()
 
 
 class _WatchEnded(Exception):
