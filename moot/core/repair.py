@@ -201,6 +201,7 @@ class RepairPlanner:
         # Reverse index: node -> local chunks it was a desired holder of when last examined.
         self._desired_of: dict[str, dict[str, None]] = {}
         self._live: dict[str, str] = {node_id: region}
+        self._members_changed_ms = now_ms  # confirmations older than this do not allow a drop
         self._candidates: tuple[Candidate, ...] = (Candidate(node_id, region),)
         self._version = 0  # bumped whenever the live set changes
         self._next_tick_ms = now_ms + config.tick_interval_ms
@@ -238,6 +239,7 @@ class RepairPlanner:
                 if chunk_ids:
                     self._attention.update(chunk_ids)
         self._live = live
+        self._members_changed_ms = now_ms
         self._version += 1
         self._candidates = tuple(Candidate(node_id, live[node_id]) for node_id in sorted(live))
         if self._attention:
@@ -435,7 +437,10 @@ class RepairPlanner:
             return False
         for node_id in desired:
             answer = known.get(node_id)
-            if answer is None or not answer[0]:
+            # Only confirmations given since our view of the members last
+            # changed: two holders with different views must not each count
+            # the other's copy as the one that lets them drop their own.
+            if answer is None or not answer[0] or answer[1] < self._members_changed_ms:
                 return False
         return True
 
