@@ -43,10 +43,9 @@ server applies committed entries to its state itself, before it returns
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 import msgspec
 
@@ -54,6 +53,9 @@ from moot.core import kv
 from moot.core.raft import Accepted, Output, RaftNode, Rejected
 from moot.core.raft_config import RaftConfig
 from moot.core.raft_messages import ConfChange, Entry, HardState, RaftMessage, Snapshot
+
+if TYPE_CHECKING:
+    import random  # only the type: the caller injects the generator
 
 Consistency = Literal["linearizable", "lease", "stale"]
 CONSISTENCIES: Final = ("linearizable", "lease", "stale")
