@@ -182,27 +182,20 @@ class Kv:
         reference write with NoQuorum on a healthy federation)."""
         assert key.startswith(RESERVED_PREFIX)
         command: kv.Command = kv.Delete(key) if value is None else kv.Put(key, value)
-        with self._lock:
-            seq = next(self._seq)
-            self._inflight.add(seq)
-            ack = min(self._inflight)
-        try:
-            proposal = kv.Proposal(client_id=self.client_id, seq=seq, ack=ack, command=command)
-            reply = await self._call_async(WriteRequest(proposal), write=True, follow_leader=True)
-        finally:
-            with self._lock:
-                self._inflight.discard(seq)
-        assert isinstance(reply, WriteReply)
-        return reply.result.succeeded
+        return (await self._write_async(command, follow_leader=True)).succeeded
 
     def _write(self, command: kv.Command) -> kv.WriteResult:
+        return self._client._run(self._write_async(command), timeout_s=self.timeout_s + 5)
+
+    async def _write_async(self, command: kv.Command, *, follow_leader: bool = False) -> kv.WriteResult:
+        """One write under this client's session (seq, ack), retried as one."""
         with self._lock:
             seq = next(self._seq)
             self._inflight.add(seq)
             ack = min(self._inflight)
         try:
             proposal = kv.Proposal(client_id=self.client_id, seq=seq, ack=ack, command=command)
-            reply = self._call(WriteRequest(proposal), write=True)
+            reply = await self._call_async(WriteRequest(proposal), write=True, follow_leader=follow_leader)
         finally:
             with self._lock:
                 self._inflight.discard(seq)
