@@ -149,13 +149,18 @@ class KvService:
 
     def on_kv_call(self, peer: Peer, message: wire.KvCall) -> None:
         """A client's request; answered in the next round."""
+        request_id = self._enqueue(message.request)
+        self._callers[request_id] = (peer, message.request_id)
+
+    def _enqueue(self, request: ClientRequest) -> int:
+        """Queue a request for the next round (one Raft entry); its server id."""
         request_id = self._next_request_id
         self._next_request_id += 1
-        self._callers[request_id] = (peer, message.request_id)
-        self._incoming.append((request_id, message.request))
+        self._incoming.append((request_id, request))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+        return request_id
 
     async def write_internal(self, command: kv.Command, *, timeout_s: float = 10.0) -> kv.WriteResult | None:
         """A write of this node's own (e.g. the object collector deleting a
@@ -167,14 +172,9 @@ class KvService:
         proposal = kv.Proposal(
             client_id=self._internal_client_id, seq=self._internal_seq, ack=self._internal_seq, command=command
         )
-        request_id = self._next_request_id
-        self._next_request_id += 1
         future: asyncio.Future[ClientReply] = asyncio.get_running_loop().create_future()
+        request_id = self._enqueue(WriteRequest(proposal))
         self._internal[request_id] = future
-        self._incoming.append((request_id, WriteRequest(proposal)))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
         try:
             async with asyncio.timeout(timeout_s):
                 reply = await future
