@@ -250,7 +250,12 @@ class ObjectService:
     async def _held_by(self, node_id: str, chunk_ids: Sequence[str]) -> set[str]:
         if node_id == self.node_id:
             return {c for c in chunk_ids if self.store.has(c)}
-        present: set[str] = set()
+        return {chunk for reply in await self._ask_has(node_id, chunk_ids) for chunk in reply.present}
+
+    async def _ask_has(self, node_id: str, chunk_ids: Sequence[str]) -> list[wire.ChunkHasReply]:
+        """Ask ``node_id`` which of ``chunk_ids`` it holds, a message per
+        batch; the answers that came (an unanswered batch is left out)."""
+        replies = []
         for start in range(0, len(chunk_ids), wire.CHUNK_IDS_PER_MESSAGE_MAX):
             batch = tuple(chunk_ids[start : start + wire.CHUNK_IDS_PER_MESSAGE_MAX])
 
@@ -262,8 +267,8 @@ class ObjectService:
             except ObjectError:
                 continue
             if isinstance(reply, wire.ChunkHasReply):
-                present.update(reply.present)
-        return present
+                replies.append(reply)
+        return replies
 
     async def locate(self, chunk_id: str) -> list[str]:
         """The live members that hold ``chunk_id`` (asked, not assumed)."""
@@ -482,19 +487,10 @@ class ObjectService:
                 self.copies_dropped += 1
 
     async def _repair_query(self, node_id: str, chunk_ids: list[str]) -> None:
-        for start in range(0, len(chunk_ids), wire.CHUNK_IDS_PER_MESSAGE_MAX):
-            batch = tuple(chunk_ids[start : start + wire.CHUNK_IDS_PER_MESSAGE_MAX])
-
-            def ask(request_id: int, batch: tuple[str, ...] = batch) -> wire.Message:
-                return wire.ChunkHas(request_id=request_id, chunk_ids=batch)
-
-            try:
-                reply = await self._call(node_id, ask)
-            except ObjectError:
-                return  # the planner asks again after its query timeout
-            if isinstance(reply, wire.ChunkHasReply):
-                self.planner.on_has_reply(monotonic_ms(), node_id, reply.present, reply.absent)
-                self._wake.set()
+        # Unanswered batches need nothing: the planner asks again after its query timeout.
+        for reply in await self._ask_has(node_id, chunk_ids):
+            self.planner.on_has_reply(monotonic_ms(), node_id, reply.present, reply.absent)
+            self._wake.set()
 
     async def _heal_local(self, chunk_id: str) -> None:
         """Replace a quarantined local copy with a verified one from its holders."""
