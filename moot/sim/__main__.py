@@ -167,28 +167,8 @@ def run_raft(arguments: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     sink = _print_trace if arguments.verbose else None
-    started = time.perf_counter()  # reported only, never fed to the run
     scenario = RaftScenario(options, trace_sink=sink, trace_messages=arguments.verbose, audit=not arguments.no_audit)
-    try:
-        result = scenario.run()
-    except SimulationFailure as failure:
-        for line in scenario.log:
-            print(line)
-        message = str(failure)
-        if "replay:" not in message:
-            message += f"\nreplay: {options.command()}"
-        print(f"FAILED at {scenario.world.now_ms} ms: {message}")
-        print(f"trace_hash={scenario.world.trace_hash}")
-        return 1
-    for line in result.log:
-        print(line)
-    for name in result.checks:
-        print(f"check passed: {name}")
-    for line in result.report():
-        print(line)
-    print(f"wall time: {time.perf_counter() - started:.2f} s")
-    print(f"trace_hash={result.trace_hash}")
-    return 0
+    return _run_and_report(scenario, options.command())
 
 
 def objects_options_from_arguments(arguments: argparse.Namespace) -> ObjectsOptions:
@@ -216,14 +196,23 @@ def run_objects(arguments: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     sink = _print_trace if arguments.verbose else None
-    started = time.perf_counter()  # reported only, never fed to the run
     scenario = ObjectsScenario(options, trace_sink=sink)
+    return _run_and_report(scenario, options.command())
+
+
+def _run_and_report(scenario: RaftScenario | ObjectsScenario, replay_command: str) -> int:
+    """Run a scenario and print its log, checks, report and trace hash (or
+    the failure with its replay command); the process exit code."""
+    started = time.perf_counter()  # reported only, never fed to the run
     try:
         result = scenario.run()
     except SimulationFailure as failure:
         for line in scenario.log:
             print(line)
-        print(f"FAILED at {scenario.world.now_ms} ms: {failure}")
+        message = str(failure)
+        if "replay:" not in message:
+            message += f"\nreplay: {replay_command}"
+        print(f"FAILED at {scenario.world.now_ms} ms: {message}")
         print(f"trace_hash={scenario.world.trace_hash}")
         return 1
     for line in result.log:
