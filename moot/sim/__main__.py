@@ -168,7 +168,7 @@ def run_raft(arguments: argparse.Namespace) -> int:
         return 2
     sink = _print_trace if arguments.verbose else None
     scenario = RaftScenario(options, trace_sink=sink, trace_messages=arguments.verbose, audit=not arguments.no_audit)
-    return _run_and_report(scenario, options.command())
+    return _run_and_report(scenario)
 
 
 def objects_options_from_arguments(arguments: argparse.Namespace) -> ObjectsOptions:
@@ -197,22 +197,19 @@ def run_objects(arguments: argparse.Namespace) -> int:
         return 2
     sink = _print_trace if arguments.verbose else None
     scenario = ObjectsScenario(options, trace_sink=sink)
-    return _run_and_report(scenario, options.command())
+    return _run_and_report(scenario)
 
 
-def _run_and_report(scenario: RaftScenario | ObjectsScenario, replay_command: str) -> int:
+def _run_and_report(scenario: RaftScenario | ObjectsScenario) -> int:
     """Run a scenario and print its log, checks, report and trace hash (or
-    the failure with its replay command); the process exit code."""
+    the failure, which carries its replay command); the process exit code."""
     started = time.perf_counter()  # reported only, never fed to the run
     try:
         result = scenario.run()
     except SimulationFailure as failure:
         for line in scenario.log:
             print(line)
-        message = str(failure)
-        if "replay:" not in message:
-            message += f"\nreplay: {replay_command}"
-        print(f"FAILED at {scenario.world.now_ms} ms: {message}")
+        print(f"FAILED at {scenario.world.now_ms} ms: {failure}")
         print(f"trace_hash={scenario.world.trace_hash}")
         return 1
     for line in result.log:

@@ -46,7 +46,13 @@ from moot.sim.membership_checks import (
     stretched_bound_ms,
 )
 from moot.sim.network import Network, NetworkConfig
-from moot.sim.world import CoreContractError, SimNode, SimulationFailure, World, derive_seed
+from moot.sim.world import (
+    CoreContractError,
+    SimNode,
+    World,
+    derive_seed,
+    run_with_replay,
+)
 
 REGIONS: Final = ("lahore", "karachi", "singapore")
 
@@ -266,12 +272,7 @@ class MembershipScenario:
 
     def run(self) -> ScenarioResult:
         """Run all phases; raises ``SimulationFailure`` (with the replay command) on a broken invariant."""
-        try:
-            return self._run()
-        except SimulationFailure as failure:
-            if "replay:" in str(failure):
-                raise
-            raise type(failure)(f"{failure}\nreplay: {self.options.command()}") from failure
+        return run_with_replay(self._run, self.options.command)
 
     def _run(self) -> ScenarioResult:
         world = self.world

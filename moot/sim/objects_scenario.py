@@ -58,7 +58,7 @@ from moot.sim import faults as fault_plan
 from moot.sim.faults import Fault, FaultConfig
 from moot.sim.membership_scenario import JITTER_MS, LATENCY_MS, REGIONS
 from moot.sim.network import Network, NetworkConfig
-from moot.sim.world import SimNode, SimulationFailure, World, derive_seed
+from moot.sim.world import SimNode, SimulationFailure, World, derive_seed, run_with_replay
 
 PORT: Final = 7000
 CLIENT_ID: Final = "client"
@@ -531,12 +531,7 @@ class ObjectsScenario:
 
     def run(self) -> ObjectsResult:
         """Run both phases; raises ``SimulationFailure`` (with the replay command) on a broken invariant."""
-        try:
-            return self._run()
-        except SimulationFailure as failure:
-            if "replay:" in str(failure):
-                raise
-            raise type(failure)(f"{failure}\nreplay: {self.options.command()}") from failure
+        return run_with_replay(self._run, self.options.command)
 
     def _run(self) -> ObjectsResult:
         world = self.world

@@ -129,7 +129,14 @@ from moot.sim import linearizability as lz
 from moot.sim.faults import ClockStep, Fault, FaultConfig, FaultPlan
 from moot.sim.network import Network, NetworkConfig
 from moot.sim.raft_checks import RaftCheckFailure, RaftChecks, apply_conf_change
-from moot.sim.world import CoreContractError, SimNode, SimulationFailure, World, derive_seed
+from moot.sim.world import (
+    CoreContractError,
+    SimNode,
+    SimulationFailure,
+    World,
+    derive_seed,
+    run_with_replay,
+)
 
 KEYS: Final = (b"k0", b"k1", b"k2")
 
@@ -554,12 +561,7 @@ class RaftScenario:
 
     def run(self) -> RaftScenarioResult:
         """Run all phases; raises ``SimulationFailure`` (with the replay command) on a broken invariant."""
-        try:
-            return self._run()
-        except SimulationFailure as failure:
-            if "replay:" in str(failure):
-                raise
-            raise type(failure)(f"{failure}\nreplay: {self.options.command()}") from failure
+        return run_with_replay(self._run, self.options.command)
 
     def _run(self) -> RaftScenarioResult:
         world = self.world

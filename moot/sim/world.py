@@ -78,6 +78,20 @@ class SimulationFailure(AssertionError):
     """A simulated run broke an invariant; the message says which."""
 
 
+ResultT = TypeVar("ResultT")
+
+
+def run_with_replay(run: Callable[[], ResultT], command: Callable[[], str]) -> ResultT:
+    """``run()``, with the command that replays the run added to any
+    ``SimulationFailure`` that does not already carry one."""
+    try:
+        return run()
+    except SimulationFailure as failure:
+        if "replay:" in str(failure):
+            raise
+        raise type(failure)(f"{failure}\nreplay: {command()}") from failure
+
+
 class CoreContractError(SimulationFailure):
     """A core broke its documented driver contract (a bug in the core)."""
 
