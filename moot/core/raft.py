@@ -751,7 +751,7 @@ class RaftNode:
             problem = f"{change.node_id} is already a member"
         elif change.kind == "promote" and change.node_id not in self.learners:
             problem = f"{change.node_id} is not a learner"
-        elif change.kind == "promote" and not self._caught_up(change.node_id):
+        elif change.kind == "promote" and not self.caught_up(change.node_id):
             problem = f"learner {change.node_id} has not caught up yet"
         elif change.kind == "remove" and not member:
             problem = f"{change.node_id} is not a member"
@@ -759,7 +759,7 @@ class RaftNode:
             problem = "cannot remove the last voter"
         return Rejected("invalid", self.node_id, problem) if problem else None
 
-    def _caught_up(self, learner: str) -> bool:
+    def caught_up(self, learner: str) -> bool:
         """etcd server's isLearnerReady: a learner may be promoted once it
         matches 90% of the leader's committed log, so the new voter does
         not stall commits while it catches up."""

@@ -346,10 +346,7 @@ class KvService:
     def _plan_voters(self, now: int) -> None:
         raft = self.server.raft
         conf = raft_conf(raft.voters, raft.learners)
-        caught_up = {}
-        for learner in raft.learners:
-            progress = raft.progress(learner)
-            caught_up[learner] = progress is not None and progress.match * 10 >= raft.commit_index * 9
+        caught_up = {learner: raft.caught_up(learner) for learner in raft.learners}
         responsive = {}
         for member in (*raft.voters, *raft.learners):
             progress = raft.progress(member)

@@ -963,10 +963,7 @@ class RaftScenario:
         """What ``voters.plan`` says ``raft`` (a leader) should change next; the runtime's ``_plan_voters``."""
         if raft.node_id not in raft.voters:
             return None  # the checks fail such a leader; the planner would assert
-        caught_up: dict[str, bool] = {}
-        for learner in raft.learners:
-            progress = raft.progress(learner)
-            caught_up[learner] = progress is not None and progress.match * 10 >= raft.commit_index * 9
+        caught_up = {learner: raft.caught_up(learner) for learner in raft.learners}
         return voters.plan(
             ConfState(raft.voters, raft.learners),
             leader_id=raft.node_id,
