@@ -252,8 +252,6 @@ def _bytes_blocks(data: bytes) -> Iterator[bytes]:
     view = memoryview(data)
     for start in range(0, len(data), READ_BLOCK_BYTES):
         yield bytes(view[start : start + READ_BLOCK_BYTES])
-    if not data:
-        yield b""
 
 
 def _file_blocks(handle: BinaryIO) -> Iterator[bytes]:
