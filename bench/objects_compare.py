@@ -348,6 +348,32 @@ def measure_put_get(
     seconds, cpu = timed(federation, lambda: put_all(client, blobs, refs, replicas=3))
     report.add(Row(f"moot put, {label}", total, seconds, cpu.servers_s, cpu.client_s))
 
+    address = federation.nodes[0].address  # R=3 of 3: node 0 holds every chunk
+    for path_name, local_reads in (("through TLS", False), ("same host", True)):
+        with moot.connect(
+            [address], cluster=federation.cluster_dir, pinned=True, local_reads=local_reads
+        ) as reader:
+            measure_gets(report, federation, reader, refs, digests, f"{path_name}, {label}", work)
+            chunks = total // CHUNK_BYTES
+            mapped = reader.objects.local_chunks_read
+            if local_reads and mapped != 3 * chunks:
+                report.problems.append(
+                    f"{label}: the same-host client mapped {mapped} chunks, not {3 * chunks}"
+                )
+    return refs
+
+
+def measure_gets(
+    report: Report,
+    federation: LocalFederation,
+    client: Client,
+    refs: list[ObjectRef],
+    digests: list[bytes],
+    label: str,
+    work: Path,
+) -> None:
+    """get_to files, get into memory, get_into preallocated buffers; every hash checked."""
+    total = sum(ref.size for ref in refs)
     out = work / "get_to"
     out.mkdir(exist_ok=True)
     paths = [out / f"object-{index}" for index in range(len(refs))]
@@ -367,7 +393,21 @@ def measure_put_get(
     seconds, cpu = timed(federation, lambda: get_all(client, refs, results))
     check_digests(results, digests, f"get, {label}")
     report.add(Row(f"moot get to memory, {label}", total, seconds, cpu.servers_s, cpu.client_s))
-    return refs
+    results.clear()
+
+    # Buffers allocated (and so touched: bytearray zero-fills) before the
+    # clock starts, as the raw copies' receive buffer is.
+    buffers = [bytearray(ref.size) for ref in refs]
+
+    def get_into_all() -> None:
+        for ref, buffer in zip(refs, buffers, strict=True):
+            client.objects.get_into(ref, buffer)
+
+    seconds, cpu = timed(federation, get_into_all)
+    check_digests(buffers, digests, f"get_into, {label}")  # type: ignore[arg-type]
+    report.add(
+        Row(f"moot get_into a buffer, {label}", total, seconds, cpu.servers_s, cpu.client_s)
+    )
 
 
 def log_problems(federation: LocalFederation, ready_at: str, victim_address: str = "") -> list[str]:
@@ -537,8 +577,12 @@ def run_edge_and_repair(
     label = f"{OBJECTS_MANY} x {total // OBJECTS_MANY // MIB} MiB, 4 nodes"
 
     def pinned(index: int) -> Client:
+        # Through TLS: this phase measures the node-to-node (edge) path.
         return moot.connect(
-            [federation.nodes[index].address], cluster=federation.cluster_dir, pinned=True
+            [federation.nodes[index].address],
+            cluster=federation.cluster_dir,
+            pinned=True,
+            local_reads=False,
         )
 
     with pinned(reader) as holder_client, pinned(edge) as edge_client:
@@ -568,7 +612,7 @@ def run_edge_and_repair(
             check_digests(results, digests, f"get from {name}")
             report.add(
                 Row(
-                    f"moot get to memory, {name}, {label}",
+                    f"moot get to memory through TLS, {name}, {label}",
                     total,
                     seconds,
                     cpu.servers_s,
@@ -580,7 +624,7 @@ def run_edge_and_repair(
         check_digests(again, digests[-1:], "edge get, cached")
         report.add(
             Row(
-                f"moot get to memory, edge node cache hit, 1 x {total // OBJECTS_MANY // MIB} MiB",
+                f"moot get to memory through TLS, edge node cache hit, 1 x {total // OBJECTS_MANY // MIB} MiB",
                 len(again[0]),
                 seconds,
                 cpu.servers_s,

@@ -39,6 +39,7 @@ class Client:
         cluster: str | Path,
         timeout_s: float = REQUEST_TIMEOUT_S,
         pinned: bool = False,
+        local_reads: bool = True,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
@@ -51,6 +52,8 @@ class Client:
         self.addresses = list(dict.fromkeys(addresses))
         self.pinned = pinned
         """Talk only to ``addresses``: never follow a leader hint to another node."""
+        self.local_reads = local_reads
+        """Read chunks of a node on this machine from its files (verified), not through TLS."""
         self.timeout_s = timeout_s
         self._request_ids = itertools.count(1)
         self._connections: dict[str, ClientConnection] = {}
@@ -98,6 +101,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        self.objects._close_locals()
         with contextlib.suppress(Exception):
             self._run(self._close_all(), timeout_s=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -193,10 +197,20 @@ async def _with_timeout(coroutine: Coroutine[Any, Any, T], timeout_s: float | No
         return await coroutine
 
 
-def connect(addresses: Sequence[str] | str, *, cluster: str | Path, pinned: bool = False) -> Client:
+def connect(
+    addresses: Sequence[str] | str, *, cluster: str | Path, pinned: bool = False, local_reads: bool = True
+) -> Client:
     """Connect to a federation through any of ``addresses`` (HOST:PORT).
 
     The client follows the leader wherever nodes say it is; with ``pinned``
     it talks only to ``addresses`` (an edge client that must stay local, or
-    a test that plays a client stuck in a partition)."""
-    return Client(addresses if not isinstance(addresses, str) else [addresses], cluster=cluster, pinned=pinned)
+    a test that plays a client stuck in a partition). With ``local_reads``
+    (the default) a client on the same machine as its node reads object
+    chunks from that node's files (handed over a local socket, every chunk
+    verified) instead of through TLS."""
+    return Client(
+        addresses if not isinstance(addresses, str) else [addresses],
+        cluster=cluster,
+        pinned=pinned,
+        local_reads=local_reads,
+    )

@@ -69,6 +69,8 @@ REASON_CHARS_MAX: Final = 1024
 COORDINATE_DIMENSIONS_MAX: Final = 16
 WATCH_EVENTS_PER_MESSAGE_MAX: Final = 1_024
 CHUNK_IDS_PER_MESSAGE_MAX: Final = 65_536
+LOCAL_FDS_PER_REPLY_MAX: Final = 64  # file descriptors in one same-host reply (Linux allows 253)
+LOCAL_SOCKET_BYTES_MAX: Final = 107  # sun_path
 MANIFEST_BYTES_MAX: Final = 15 * 1024 * 1024  # a manifest travels in one frame
 
 NodeId = Annotated[str, msgspec.Meta(min_length=1, max_length=NODE_ID_CHARS_MAX)]
@@ -121,6 +123,10 @@ class TAGS:
     CHUNK_HAS: Final = 81
     CHUNK_HAS_REPLY: Final = 82
     CHUNK_BAD: Final = 83
+    LOCAL_ACCESS: Final = 84
+    LOCAL_ACCESS_GRANT: Final = 85
+    LOCAL_OPEN: Final = 86
+    LOCAL_OPENED: Final = 87
 
 
 class LocalProtocolError(Exception):
@@ -531,7 +537,37 @@ class ChunkBad(msgspec.Struct, frozen=True, tag=TAGS.CHUNK_BAD, forbid_unknown_f
     chunk_id: ChunkId
 
 
-ObjectRequestTypes: Final = (ChunkUpload, ObjectCommit, ObjectStat, ChunkFetch)
+class LocalAccess(msgspec.Struct, frozen=True, tag=TAGS.LOCAL_ACCESS, forbid_unknown_fields=True):
+    """Client to node (over TLS): how can a client on your machine open your chunks?"""
+
+    request_id: Sequence
+
+
+class LocalAccessGrant(msgspec.Struct, frozen=True, tag=TAGS.LOCAL_ACCESS_GRANT, forbid_unknown_fields=True):
+    """The node's same-host chunk socket (a Linux abstract Unix socket name,
+    hex-encoded) and the token that opens it; ``socket`` empty: none."""
+
+    request_id: Sequence
+    socket: Annotated[str, msgspec.Meta(max_length=2 * LOCAL_SOCKET_BYTES_MAX)] = ""
+    token: Annotated[str, msgspec.Meta(max_length=TOKEN_CHARS_MAX)] = ""
+
+
+class LocalOpen(msgspec.Struct, frozen=True, tag=TAGS.LOCAL_OPEN, forbid_unknown_fields=True):
+    """Client to node (over the same-host socket): open these chunk files for me."""
+
+    token: Annotated[str, msgspec.Meta(max_length=TOKEN_CHARS_MAX)]
+    chunk_ids: Annotated[tuple[ChunkId, ...], msgspec.Meta(max_length=LOCAL_FDS_PER_REPLY_MAX)]
+
+
+class LocalOpened(msgspec.Struct, frozen=True, tag=TAGS.LOCAL_OPENED, forbid_unknown_fields=True):
+    """Which of the asked chunks are here; the open file descriptors of those
+    travel with this message (SCM_RIGHTS), in the same order. ``error``: refused."""
+
+    present: Annotated[tuple[bool, ...], msgspec.Meta(max_length=LOCAL_FDS_PER_REPLY_MAX)] = ()
+    error: Annotated[str, msgspec.Meta(max_length=REASON_CHARS_MAX)] = ""
+
+
+ObjectRequestTypes: Final = (ChunkUpload, ObjectCommit, ObjectStat, ChunkFetch, LocalAccess)
 ObjectPeerTypes: Final = (ChunkStore, ChunkGet, ChunkHas, ChunkBad)
 ObjectReplyTypes: Final = (ChunkStoreReply, ChunkData, ChunkHasReply)
 
@@ -579,6 +615,10 @@ Message = (
     | ChunkHas
     | ChunkHasReply
     | ChunkBad
+    | LocalAccess
+    | LocalAccessGrant
+    | LocalOpen
+    | LocalOpened
 )
 MEMBERSHIP_MESSAGE_TYPES: Final = (Ping, IndirectPing, Ack, Nack, PushPull, Gossip)
 RAFT_MESSAGE_TYPES: Final = raft_messages.RAFT_MESSAGE_TYPES

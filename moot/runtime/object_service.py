@@ -39,6 +39,7 @@ from moot.core.repair import Effects, RepairConfig, RepairPlanner
 from moot.runtime.chunk_cache import ChunkCache
 from moot.runtime.chunk_store import ChunkMismatchError, ChunkStore, ChunkStoreFullError, Scrubber
 from moot.runtime.kv_service import KvService
+from moot.runtime.local_reads import LocalChunkServer
 from moot.runtime.logs import StructuredLogger, log_event
 from moot.runtime.transport import Peer, Transport
 
@@ -112,6 +113,8 @@ class ObjectService:
         self._rtt_ms = rtt_ms
         self.store = ChunkStore.open(data_dir / CHUNKS_DIR, capacity_bytes=capacity_bytes)
         self.cache = ChunkCache(cache_bytes)
+        self.local_reads = LocalChunkServer(self.store, node_id, logger)
+        self.local_reads.start()
         self._request_ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[wire.Message]] = {}
         self._pending_target: dict[int, str] = {}
@@ -196,6 +199,8 @@ class ObjectService:
                 manifest=manifest_bytes,
                 holders=tuple(holders),
             )
+        if isinstance(message, wire.LocalAccess):
+            return self.local_reads.grant(message.request_id)
         if isinstance(message, wire.ChunkFetch):
             data = await self.fetch_chunk(message.chunk_id)
             return wire.ChunkData(request_id=message.request_id, chunk_id=message.chunk_id, data=data)
@@ -600,6 +605,7 @@ class ObjectService:
             "cache_hits": self.cache.hits,
             "objects_collected": self.objects_collected,
             "chunks_collected": self.chunks_collected,
+            "local_opens": self.local_reads.opened,
         }
 
     def close(self) -> None:
@@ -609,4 +615,5 @@ class ObjectService:
         for future in self._pending.values():
             if not future.done():
                 future.cancel()
+        self.local_reads.close()
         self.store.close()

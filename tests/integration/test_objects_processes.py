@@ -50,6 +50,40 @@ def test_put_and_get_bytes_files_and_small_inline_objects(federation: LocalFeder
     assert store.get(empty) == b""
 
 
+def test_a_client_on_the_nodes_machine_maps_its_chunk_files_and_still_verifies_them(
+    federation: LocalFederation,
+) -> None:
+    address = federation.addresses[0]
+    data = os.urandom(9 * 1024 * 1024 + 17)  # three chunks
+    with moot.connect([address], cluster=federation.cluster_dir, pinned=True) as client:
+        ref = client.objects.put(data)
+        assert client.objects.get(ref) == data
+        assert client.objects.local_chunks_read == 3, "a same-host client reads the node's files, not TLS"
+        buffer = bytearray(len(data) + 10)
+        assert client.objects.get_into(ref, buffer) == len(data)
+        assert buffer[: len(data)] == data and buffer[len(data) :] == bytes(10)
+        with pytest.raises(moot.BadRequest, match=f"at least {len(data)} bytes"):
+            client.objects.get_into(ref, bytearray(100))
+        with pytest.raises(moot.BadRequest, match="writable"):
+            client.objects.get_into(ref, b"read-only bytes")
+    with moot.connect([address], cluster=federation.cluster_dir, pinned=True, local_reads=False) as remote:
+        assert remote.objects.get(ref) == data
+        assert remote.objects.local_chunks_read == 0
+    # A bad file on the client's node: the client's own hash catches it, the
+    # chunk comes through TLS instead, and the node (which re-checks its copy
+    # there) quarantines it.
+    node_status = federation.statuses()[0]
+    second = federation.client().objects.stat(ref).chunks[1]
+    [copy] = (federation.nodes[0].data_dir / "chunks").rglob(second)
+    raw = bytearray(copy.read_bytes())
+    raw[5] ^= 0xFF
+    copy.write_bytes(bytes(raw))
+    with moot.connect([address], cluster=federation.cluster_dir, pinned=True) as client:
+        assert client.objects.get(ref) == data
+        assert client.objects.local_chunks_read == 2
+    assert federation.statuses()[0].corrupt_found > node_status.corrupt_found
+
+
 def test_unknown_and_malformed_ids_get_clear_errors(federation: LocalFederation, tmp_path: Path) -> None:
     store = federation.client().objects
     with pytest.raises(moot.NotFound, match="check the id"):
