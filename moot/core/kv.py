@@ -36,6 +36,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from moot.core import tasks
 from moot.core.raft_messages import ENTRY_BYTES_MAX
 
 # Size caps. etcd caps a request at 1.5 MiB and allows keys up to that size;
@@ -107,7 +108,19 @@ class Cas(msgspec.Struct, frozen=True, tag="cas", forbid_unknown_fields=True):
     value: Value
 
 
-Command = Put | Delete | Cas
+# Task commands (``moot.core.tasks``) ride in the same entries: one group
+# commit for key-value writes, job submissions and task results alike.
+Command = (
+    Put
+    | Delete
+    | Cas
+    | tasks.SubmitJob
+    | tasks.AddTasks
+    | tasks.AssignTasks
+    | tasks.FinishTasks
+    | tasks.CancelJob
+    | tasks.ForgetJob
+)
 
 
 class Proposal(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -272,6 +285,7 @@ class _SnapshotImage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data: tuple[_StoredKeyValue, ...]  # sorted by key
     sessions: tuple[_StoredSession, ...]  # least recently used first
     history: tuple[_StoredEvent, ...]  # revision order
+    tasks: bytes = b""  # TaskTable.snapshot()
 
 
 _snapshot_encoder: Final = msgspec.msgpack.Encoder()
@@ -354,6 +368,9 @@ class KvState:
         self._sessions: dict[str, _Session] = {}  # least recently used first
         self._history: deque[Event] = deque()
         self._history_bytes = 0
+        self.tasks = tasks.TaskTable()
+        """Jobs and tasks (read only: change them through task commands)."""
+        self._task_events: list[tasks.TaskEvent] = []
 
     @property
     def revision(self) -> int:
@@ -435,7 +452,20 @@ class KvState:
         while len(self._sessions) > self._sessions_max:
             del self._sessions[next(iter(self._sessions))]
 
+    def take_task_events(self) -> list[tasks.TaskEvent]:
+        """What task commands applied since the last call changed, in order."""
+        events, self._task_events = self._task_events, []
+        return events
+
     def _execute(self, command: Command) -> WriteResult:
+        if isinstance(command, tasks.TASK_COMMAND_TYPES):
+            applied = self.tasks.apply(command)
+            for key in applied.refs_added:
+                self._put(key, b"")
+            for key in applied.refs_removed:
+                self._delete(key)
+            self._task_events.extend(applied.events)
+            return WriteResult(status="ok", succeeded=applied.succeeded, revision=self._revision)
         if isinstance(command, Put):
             self._put(command.key, command.value)
             return WriteResult(status="ok", succeeded=True, revision=self._revision)
@@ -567,6 +597,7 @@ class KvState:
                 for client_id, session in self._sessions.items()
             ),
             history=tuple(_StoredEvent(e.kind, e.key, e.value, e.revision) for e in self._history),
+            tasks=self.tasks.snapshot(),
         )
         return _snapshot_encoder.encode(image)
 
@@ -615,6 +646,8 @@ class KvState:
             )
             state._history.append(event)
             state._history_bytes += _event_bytes(event)
+        if image.tasks:
+            state.tasks = tasks.TaskTable.restore(image.tasks)
         state._touch_sessions(state._applied_index, [])  # evict down to sessions_max
         state._trim_history()
         return state

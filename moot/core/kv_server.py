@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 import msgspec
 
-from moot.core import kv
+from moot.core import kv, tasks
 from moot.core.raft import Accepted, Output, RaftNode, Rejected
 from moot.core.raft_config import RaftConfig
 from moot.core.raft_messages import ConfChange, Entry, HardState, RaftMessage, Snapshot
@@ -490,8 +490,13 @@ class KvServer:
         return kv.KvState(sessions_max=options.sessions_max, history_max=options.history_max)
 
 
+_command_encoder: Final = msgspec.msgpack.Encoder()
+
+
 def _proposal_bytes(proposal: kv.Proposal) -> int:
     command = proposal.command
+    if isinstance(command, tasks.TASK_COMMAND_TYPES):
+        return len(_command_encoder.encode(command)) + len(proposal.client_id)
     size = len(command.key) + len(proposal.client_id)
     if isinstance(command, kv.Put):
         size += len(command.value)
