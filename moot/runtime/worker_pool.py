@@ -120,6 +120,9 @@ _RESTART_BACKOFF_S_MAX: Final = 5.0
 # The worker's watchdog thread needs almost no stack; a small one keeps it
 # from eating into a tight RLIMIT_AS (the default reserves 8 MiB).
 _WATCHDOG_STACK_BYTES: Final = 256 * 1024
+# Functions a worker keeps unpickled (and the node remembers it has), least
+# recently used out first.
+_WORKER_FUNCTIONS_MAX: Final = 256
 
 
 # -- errors --------------------------------------------------------------------------
@@ -229,10 +232,15 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Request(msgspec.Struct, frozen=True, tag="request"):
-    """Node to worker: run this packed call."""
+    """Node to worker: run this packed call. With ``function_hash`` the
+    payload packs only ``(args, kwargs)`` and the function is the one with
+    that hash: in ``function`` (cloudpickled) the first time this worker
+    gets it, from the worker's cache after that."""
 
     task_id: str
     payload: bytes
+    function_hash: str = ""
+    function: bytes = b""
 
 
 class _Ready(msgspec.Struct, frozen=True, tag="ready"):
@@ -291,6 +299,20 @@ def pack_call(
         return bytes(cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception as error:
         raise UnpicklableTask(_describe_unpicklable(call, error)) from error
+
+
+def pack_arguments(args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None) -> bytes:
+    """Cloudpickle ``(args, kwargs)`` for ``WorkerPool.run(..., function=...)``;
+    ``UnpicklableTask`` names the argument that does not pickle."""
+    call = (tuple(args), dict(kwargs or {}))
+    try:
+        return bytes(cloudpickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception as error:
+        raise UnpicklableTask(_describe_unpicklable((_arguments, *call), error)) from error
+
+
+def _arguments() -> None:
+    """Stands for the function when only arguments are packed."""
 
 
 def _describe_unpicklable(
@@ -470,11 +492,30 @@ def _send_frame(sock: socket.socket, body: bytes) -> None:
         sock.sendall(body)  # no copy of a large body
 
 
+_functions: dict[str, Callable[..., Any]] = {}  # a worker's cache, by hash; least recent first
+
+
+def _function(request: _Request) -> Callable[..., Any]:
+    fn = _functions.pop(request.function_hash, None)
+    if fn is None:
+        if not request.function:
+            raise RuntimeError(f"the node sent no function for hash {request.function_hash} (a moot bug)")
+        fn = cloudpickle.loads(request.function)
+    _functions[request.function_hash] = fn  # the most recent at the end
+    if len(_functions) > _WORKER_FUNCTIONS_MAX:
+        del _functions[next(iter(_functions))]
+    return fn
+
+
 def _execute(request: _Request, frame_bytes_max: int) -> _Reply:
     """Run one packed call; every exception becomes a reply."""
     started = time.perf_counter()
     try:
-        fn, args, kwargs = cloudpickle.loads(request.payload)
+        if request.function_hash:
+            fn = _function(request)
+            args, kwargs = cloudpickle.loads(request.payload)
+        else:
+            fn, args, kwargs = cloudpickle.loads(request.payload)
         value = fn(*args, **kwargs)
     except MemoryError as error:
         return _error_reply(request, "memory", error, time.perf_counter() - started)
@@ -617,6 +658,7 @@ class _Worker:
         self.connection = connection
         self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.tasks_run = 0
+        self.functions: dict[str, None] = {}  # hashes of the functions this worker has cached
         self.retired = False  # out of service: dying, or reaped
         self.exit_code: int | None = None  # once reaped
 
@@ -735,8 +777,20 @@ class WorkerPool:
 
     # -- running tasks --
 
-    async def run(self, task_id: str, payload: bytes, *, timeout_s: float | None = None) -> Outcome:
+    async def run(
+        self,
+        task_id: str,
+        payload: bytes,
+        *,
+        timeout_s: float | None = None,
+        function: tuple[str, bytes] | None = None,
+    ) -> Outcome:
         """Run a ``pack_call`` payload on a worker, waiting FIFO for one if all are busy.
+
+        With ``function`` (its hash and its cloudpickled bytes) ``payload``
+        is ``pack_arguments(args, kwargs)``: a worker unpickles each
+        function once and keeps it (the function's bytes go to each worker
+        once, however many tasks use it).
 
         ``timeout_s`` counts from when a worker takes the task (not the wait
         in the queue). Cancelling ``run`` while the task runs kills its
@@ -747,6 +801,8 @@ class WorkerPool:
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0 or None, not {timeout_s}")
         body = _request_encoder.encode(_Request(task_id=task_id, payload=payload))
+        if function is not None and len(body) + len(function[1]) > self.frame_bytes_max:
+            body += function[1]  # only for the size check below
         if len(body) > self.frame_bytes_max:
             raise TaskTooLarge(
                 f"task {task_id} packs to {len(body)} bytes, over the worker pool's "
@@ -754,6 +810,15 @@ class WorkerPool:
                 "store and pass their ids"
             )
         worker = await self._acquire()
+        if function is not None:
+            # The same least-recently-used order as the worker's cache, so
+            # that this knows exactly what the worker still has.
+            known = worker.functions.pop(function[0], "absent") is None
+            request = _Request(task_id, payload, function[0], b"" if known else function[1])
+            body = _request_encoder.encode(request)
+            worker.functions[function[0]] = None
+            if len(worker.functions) > _WORKER_FUNCTIONS_MAX:
+                del worker.functions[next(iter(worker.functions))]
         self._running += 1
         try:
             outcome = await self._run_on(worker, task_id, body, timeout_s)

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import cloudpickle
 import pytest
 
 from moot.runtime.worker_pool import (
@@ -28,6 +29,7 @@ from moot.runtime.worker_pool import (
     UnpicklableTask,
     WorkerCrashed,
     WorkerPool,
+    pack_arguments,
     pack_call,
     unpack_result,
 )
@@ -361,3 +363,21 @@ async def test_spawn_start_method_runs_tasks() -> None:
         assert unpack_result(await run(pool, add, 20, 22)) == 42
         assert (await run(pool, exit_hard, 7)).exit_code == 7
         assert unpack_result(await run(pool, add, 1, 1)) == 2
+
+
+async def test_a_function_sent_by_hash_goes_to_each_worker_once(pool: WorkerPool) -> None:
+    function = cloudpickle.dumps(add)
+    first = await pool.run("t1", pack_arguments((1, 2)), function=("h-add", function))
+    assert unpack_result(first) == 3
+    # The same worker now has it: a request without the bytes still runs.
+    worker_pid = first.worker_pid
+    results = await asyncio.gather(
+        *(pool.run(f"t{n}", pack_arguments((n, n), {}), function=("h-add", function)) for n in range(20))
+    )
+    assert [unpack_result(outcome) for outcome in results] == [2 * n for n in range(20)]
+    assert worker_pid in {outcome.worker_pid for outcome in results}
+    # Another function under another hash, and a keyword argument.
+    other = await pool.run("t99", pack_arguments((), {"a": 5, "b": 6}), function=("h-add-2", function))
+    assert unpack_result(other) == 11
+    with pytest.raises(UnpicklableTask, match="positional argument 0"):
+        pack_arguments((threading.Lock(),))
