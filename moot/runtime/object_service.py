@@ -81,6 +81,30 @@ class ObjectNotFound(ObjectError):
     """No live node holds the object or chunk."""
 
 
+class SkipList:
+    """Peers to skip for a while (their connection closed, or they did not
+    answer). Every question checks the time: a peer is skipped for
+    ``period_s`` after its last mark, never longer (found: a peer marked
+    once stayed skipped for good when only repair talked to it, because
+    only the write path pruned the marks, and its repair stalled)."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self._until: dict[str, float] = {}
+
+    def mark(self, node_id: str, now_s: float) -> None:
+        self._until[node_id] = now_s + self.period_s
+
+    def skipped(self, node_id: str, now_s: float) -> bool:
+        until = self._until.get(node_id)
+        if until is None:
+            return False
+        if until <= now_s:
+            del self._until[node_id]
+            return False
+        return True
+
+
 class ObjectService:
     """Chunks on this node, and placing/fetching them across the federation."""
 
@@ -118,7 +142,7 @@ class ObjectService:
         self._request_ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[wire.Message]] = {}
         self._pending_target: dict[int, str] = {}
-        self._unreachable: dict[str, float] = {}  # node id -> monotonic time until which it is skipped
+        self._unreachable = SkipList(UNREACHABLE_S)
         self._tasks: set[asyncio.Task[None]] = set()
         self.bad_replicas_reported = 0
         self.repairs_pushed = 0
@@ -142,9 +166,7 @@ class ObjectService:
         """Members alive in membership, minus those whose connection just
         closed (a killed node is seen at once; membership takes seconds)."""
         now = time.monotonic()
-        for node in [n for n, until in self._unreachable.items() if until <= now]:
-            del self._unreachable[node]
-        return [c for c in self._live_members() if c.node_id not in self._unreachable]
+        return [c for c in self._live_members() if not self._unreachable.skipped(c.node_id, now)]
 
     def replicas_now(self) -> tuple[int, list[placement.Candidate]]:
         """How many replicas a write gets now, and the live members."""
@@ -160,7 +182,7 @@ class ObjectService:
         requests to it now rather than at their timeout."""
         if node_id == self.node_id:
             return
-        self._unreachable[node_id] = time.monotonic() + UNREACHABLE_S
+        self._unreachable.mark(node_id, time.monotonic())
         for request_id, target in list(self._pending_target.items()):
             future = self._pending.get(request_id)
             if target == node_id and future is not None and not future.done():
@@ -426,7 +448,7 @@ class ObjectService:
         address = self._address_of(node_id)
         if address is None:
             raise ObjectError(f"no address known for {node_id}")
-        if node_id in self._unreachable:
+        if self._unreachable.skipped(node_id, time.monotonic()):
             raise ObjectError(f"{node_id} is unreachable (its connection closed)")
         request_id = next(self._request_ids)
         future: asyncio.Future[wire.Message] = asyncio.get_running_loop().create_future()
@@ -437,7 +459,7 @@ class ObjectService:
             async with asyncio.timeout(PEER_TIMEOUT_S):
                 return await future
         except TimeoutError:
-            self._unreachable[node_id] = time.monotonic() + UNREACHABLE_S
+            self._unreachable.mark(node_id, time.monotonic())
             raise ObjectError(f"{node_id} did not answer within {PEER_TIMEOUT_S:.0f}s") from None
         finally:
             self._pending.pop(request_id, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -205,6 +206,27 @@ def test_objects_survive_the_loss_of_two_holders(tmp_path: Path) -> None:
                     break
                 assert time.monotonic() < deadline, f"not re-replicated to 3 live copies: {copies}"
                 time.sleep(0.5)  # polling the survivors' disks with a deadline
+            assert reader.objects.get(ref) == data
+
+
+def test_a_holder_that_lost_its_disk_and_came_back_gets_its_copies_again(tmp_path: Path) -> None:
+    # Regression (objects benchmark, 2026-11-27): a peer whose connection
+    # closed was marked unreachable and, when only repair talked to it
+    # afterwards, skipped for good; the chunks it should hold never came back.
+    with LocalFederation(3, directory=tmp_path / "fed") as fed:
+        data = os.urandom(9 * 1024 * 1024)
+        ref = fed.client().objects.put(data)
+        chunk_ids = [ref.id, *fed.client().objects.stat(ref).chunks]
+        victim = next(i for i in range(3) if i != fed.leader())
+        fed.kill(victim)
+        shutil.rmtree(fed.nodes[victim].data_dir / "chunks")  # a new, empty disk
+        fed.restart(victim)
+        chunks_dir = fed.nodes[victim].data_dir / "chunks"
+        deadline = time.monotonic() + 90
+        while not all(any(chunks_dir.rglob(chunk)) for chunk in chunk_ids):
+            assert time.monotonic() < deadline, "the restarted holder never got its copies back"
+            time.sleep(0.2)  # polling its disk with a deadline
+        with moot.connect([fed.addresses[victim]], cluster=fed.cluster_dir, pinned=True) as reader:
             assert reader.objects.get(ref) == data
 
 
