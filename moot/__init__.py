@@ -16,9 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from moot.client.client import Client, connect
-    from moot.client.errors import BadRequest, MootError, NoQuorum, NotFound, Timeout, Unavailable
+    from moot.client.errors import (
+        BadRequest,
+        MootError,
+        NoQuorum,
+        NotFound,
+        RemoteError,
+        TaskFailed,
+        TaskOutOfMemory,
+        TaskTimedOut,
+        Timeout,
+        Unavailable,
+        WorkerCrashed,
+    )
     from moot.client.local import LocalFederation, local
     from moot.client.objects import ObjectRef
+    from moot.client.tasks import Executor, Future, Job, as_completed, progress
 
 __version__ = "0.1.0"
 
@@ -32,6 +45,16 @@ _EXPORTS = {
     "ObjectRef": "moot.client.objects",
     "Timeout": "moot.client.errors",
     "Unavailable": "moot.client.errors",
+    "TaskFailed": "moot.client.errors",
+    "WorkerCrashed": "moot.client.errors",
+    "TaskTimedOut": "moot.client.errors",
+    "TaskOutOfMemory": "moot.client.errors",
+    "RemoteError": "moot.client.errors",
+    "Executor": "moot.client.tasks",
+    "Future": "moot.client.tasks",
+    "Job": "moot.client.tasks",
+    "as_completed": "moot.client.tasks",
+    "progress": "moot.client.tasks",
     "LocalFederation": "moot.client.local",
     "local": "moot.client.local",
 }
@@ -39,16 +62,26 @@ _EXPORTS = {
 __all__ = [
     "BadRequest",
     "Client",
+    "Executor",
+    "Future",
+    "Job",
     "LocalFederation",
     "MootError",
     "NoQuorum",
     "NotFound",
     "ObjectRef",
+    "RemoteError",
+    "TaskFailed",
+    "TaskOutOfMemory",
+    "TaskTimedOut",
     "Timeout",
     "Unavailable",
+    "WorkerCrashed",
     "__version__",
+    "as_completed",
     "connect",
     "local",
+    "progress",
 ]
 
 

@@ -32,6 +32,8 @@ kv_app = typer.Typer(
 )
 app.add_typer(local_app, name="local")
 app.add_typer(kv_app, name="kv")
+job_app = typer.Typer(help="Durable jobs: list, inspect, fetch results, cancel.", no_args_is_help=True)
+app.add_typer(job_app, name="job")
 
 # Wide when piped (CI logs, `make demo | tee`): tables of addresses must not be cut.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -44,6 +46,23 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one clear line on stderr; the caller raises the returned Exit."""
     error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def parse_resources(resources: list[str]) -> dict[str, float]:
+    """``name=amount`` options as a dict; a clear error for anything else."""
+    parsed: dict[str, float] = {}
+    for item in resources:
+        name, separator, amount = item.partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not separator or not name or name == "cpus" or not 0 <= value <= 1e9:
+            raise typer.BadParameter(
+                f"resource {item!r} is not name=amount (for example gpu=1; use --cpus for CPUs)"
+            )
+        parsed[name] = value
+    return parsed
 
 
 def parse_labels(labels: list[str]) -> dict[str, str]:
@@ -92,7 +111,17 @@ def node_start(
     label: Annotated[
         list[str] | None, typer.Option(help="k=v label, e.g. region=lahore; repeatable.")
     ] = None,
-    cpus: Annotated[int, typer.Option(min=0, help="CPUs this node offers to tasks.")] = 1,
+    cpus: Annotated[
+        int, typer.Option(min=0, help="Worker processes this node runs tasks in (0: runs no tasks).")
+    ] = 1,
+    resource: Annotated[
+        list[str] | None,
+        typer.Option(help="name=amount of a custom resource tasks can ask for, e.g. gpu=1; repeatable."),
+    ] = None,
+    task_memory_bytes: Annotated[
+        int | None,
+        typer.Option(min=32 * 1024 * 1024, help="Address-space limit of each worker process (default: none)."),
+    ] = None,
     profile: Annotated[str, typer.Option(help="Membership profile: lan, wan or local.")] = "lan",
     advertise: Annotated[
         str | None,
@@ -155,6 +184,8 @@ def node_start(
         http=http,
         labels=parse_labels(label or []),
         cpus=cpus,
+        resources=parse_resources(resource or []),
+        task_memory_bytes=task_memory_bytes,
         profile=profile,
         advertise=advertise,
         bootstrap=bootstrap,
@@ -571,3 +602,102 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+def _job_run(cluster: Path, nodes: list[str], action: Any) -> Any:
+    from moot.client.client import connect
+    from moot.client.errors import MootError
+
+    try:
+        with connect(nodes, cluster=cluster) as client:
+            return action(client)
+    except MootError as error:
+        raise fail(f"{type(error).__name__}: {error}") from None
+
+
+def _age(milliseconds: int) -> str:
+    import time
+
+    if not milliseconds:
+        return "-"
+    seconds = max(0.0, time.time() - milliseconds / 1000)
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.0f}h"
+
+
+@job_app.command("ls")
+def job_ls(cluster: ClusterOption, node: NodesOption) -> None:
+    """Every job the federation keeps: state and progress."""
+    jobs = _job_run(cluster, node, lambda client: client.jobs())
+    table = Table("id", "function", "state", "done", "failed", "running", "pending", "submitted")
+    for job in jobs:
+        table.add_row(
+            job.job_id,
+            job.name,
+            job.state,
+            f"{job.done + job.failed + job.cancelled}/{job.total}",
+            str(job.failed),
+            str(job.running),
+            str(job.pending),
+            _age(job.submitted_ms) + " ago",
+        )
+    console.print(table)
+
+
+@job_app.command("status")
+def job_status(job_id: str, cluster: ClusterOption, node: NodesOption) -> None:
+    """One job: state, progress, results committed, duplicates discarded, why it waits."""
+    job = _job_run(cluster, node, lambda client: client.tasks.job_summary(job_id))
+    finished = job.done + job.failed + job.cancelled
+    console.print(f"job {job.job_id} ({job.name}): {job.state}, {finished}/{job.total} finished")
+    console.print(
+        f"  done {job.done}, failed {job.failed}, cancelled {job.cancelled}, running {job.running}, "
+        f"pending {job.pending}; results committed {job.commits}, duplicates discarded {job.duplicates}"
+    )
+    if job.blocked:
+        console.print(f"  waiting: {job.blocked}")
+
+
+@job_app.command("result")
+def job_result(
+    job_id: str,
+    cluster: ClusterOption,
+    node: NodesOption,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON list.")] = False,
+) -> None:
+    """Wait for the job and print its results in order (one per line, or --json)."""
+    import json
+
+    def collect(client: Any) -> list[Any]:
+        job = client.job(job_id)
+        if not as_json and sys.stderr.isatty():
+            from moot.client.tasks import progress
+
+            progress(job.futures, description=f"job {job_id[:12]}")
+        return list(job.result())
+
+    try:
+        values = _job_run(cluster, node, collect)
+    except typer.Exit:
+        raise
+    except Exception as error:  # a task's own exception
+        raise fail(f"a task of job {job_id} failed: {type(error).__name__}: {error}") from None
+    if as_json:
+        try:
+            console.file.write(json.dumps(values) + "\n")
+        except TypeError as error:
+            raise fail(f"the results are not JSON ({error}); run without --json") from None
+        return
+    for value in values:
+        console.print(repr(value), highlight=False)
+
+
+@job_app.command("cancel")
+def job_cancel(job_id: str, cluster: ClusterOption, node: NodesOption) -> None:
+    """Cancel a job: pending tasks never run, running ones are killed."""
+    cancelled = _job_run(cluster, node, lambda client: client.tasks.job_summary(job_id) and client.tasks.cancel_job(job_id))
+    if not cancelled:
+        raise fail(f"job {job_id} is finished or cancelled already")
+    console.print(f"cancelled {job_id}")

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from moot.client.errors import BadRequest, MootError, Timeout, Unavailable, error_from_reply
 from moot.client.kv import Kv
 from moot.client.objects import Objects
+from moot.client.tasks import Executor, Future, Job, TaskClient
 from moot.core import wire
 from moot.runtime import identity
 from moot.runtime.transport import ClientConnection, open_client_connection
@@ -67,6 +68,9 @@ class Client:
         """The replicated key-value store (``moot.client.kv``)."""
         self.objects = Objects(self)
         """The content-addressed object store (``moot.client.objects``)."""
+        self.tasks = TaskClient(self)
+        """Durable tasks (``moot.client.tasks``); ``submit``, ``map``, ``gather``,
+        ``job`` and ``executor`` below are its shortcuts."""
 
     # -- public API ------------------------------------------------------------
 
@@ -96,11 +100,49 @@ class Client:
                 continue
         return replies
 
+    # -- tasks ---------------------------------------------------------------------
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` on the federation; a ``moot.Future``.
+
+        Options (keywords): ``retries`` (re-runs after the task raised,
+        default 0), ``max_retries`` (re-runs after its worker died, default
+        3), ``timeout`` (seconds, the task is killed after), ``resources``
+        (e.g. ``{"cpus": 1, "gpu": 1}``), ``placement`` (labels a node must
+        have, e.g. ``{"region": "lahore"}``). Every other keyword goes to ``fn``.
+        Returns at once; the job is written to the replicated database within
+        milliseconds (``client.tasks.wait_submitted()`` waits for it; from
+        then on it survives any node, this client included). ``fut.job_id``
+        names it for ``client.job``."""
+        return self.tasks.submit(fn, *args, **kwargs)
+
+    def map(self, fn: Any, *iterables: Any, **options: Any) -> list[Future]:
+        """``fn`` over the iterables (zipped, shortest wins), as one job; a future per call."""
+        return self.tasks.map(fn, *iterables, **options)
+
+    def gather(self, futures: Any, errors: str = "raise") -> list[Any]:
+        """The futures' results in order (``errors="skip"`` leaves failures out)."""
+        return self.tasks.gather(futures, errors=errors)
+
+    def job(self, job_id: str) -> Job:
+        """Reattach to a job by id (its futures complete from the federation's records)."""
+        return self.tasks.job(job_id)
+
+    def jobs(self) -> list[wire.JobSummary]:
+        """Every job the federation keeps, with its counts (``moot job ls``)."""
+        return self.tasks.jobs()
+
+    def executor(self, **options: Any) -> Executor:
+        """A ``concurrent.futures.Executor`` running on the federation (options as for ``submit``)."""
+        return Executor(self.tasks, **options)
+
     def close(self) -> None:
         """Close connections and stop the client's loop thread."""
         if self._closed:
             return
         self._closed = True
+        with contextlib.suppress(Exception):
+            self._run(self.tasks.close(), timeout_s=15)
         self.objects._close_locals()
         with contextlib.suppress(Exception):
             self._run(self._close_all(), timeout_s=5)

@@ -460,9 +460,9 @@ class KvState:
     def _execute(self, command: Command) -> WriteResult:
         if isinstance(command, tasks.TASK_COMMAND_TYPES):
             applied = self.tasks.apply(command)
-            for key in applied.refs_added:
-                self._put(key, b"")
-            for key in applied.refs_removed:
+            for key, value in applied.puts:
+                self._put(key, value)
+            for key in applied.deletes:
                 self._delete(key)
             self._task_events.extend(applied.events)
             return WriteResult(status="ok", succeeded=applied.succeeded, revision=self._revision)

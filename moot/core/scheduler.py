@@ -10,9 +10,13 @@ Rules:
 
 - **Capacity.** A node offers ``slots`` (its worker processes, ``--cpus``)
   and custom resources. A task needs ``resources`` (default one ``cpus``).
-  CPU is oversubscribed by ``depth`` (default 2): a node has up to
-  ``slots * depth`` tasks in hand, so its workers never wait for the next
-  one to cross the network. Custom resources are never oversubscribed.
+  CPU is oversubscribed so that a node's workers never wait for their next
+  task to cross the network: a node has up to ``slots * depth`` tasks of a
+  job in hand, where ``depth`` keeps about ``window_ms`` of that job's work
+  queued per slot (from the run times its results report), between
+  ``depth_min`` and ``depth_max``: deep for tasks of a millisecond, shallow
+  for tasks of seconds (which would otherwise queue behind each other on
+  one node while another idles). Custom resources are never oversubscribed.
 - **Constraints.** A job's ``placement`` labels must all match the node's.
   A job no live node could ever run (labels, or a resource nobody has)
   waits, and ``blocked`` says why; it runs when such a node joins.
@@ -43,7 +47,11 @@ from typing import Final
 
 from moot.core import placement, tasks
 
-DEPTH_DEFAULT: Final = 2
+DEPTH_MIN_DEFAULT: Final = 2
+DEPTH_MAX_DEFAULT: Final = 64
+WINDOW_MS_DEFAULT: Final = 50.0
+RUN_MS_WEIGHT: Final = 0.2  # the weight of the newest run time in a job's moving average
+RUN_TIMES_KEPT: Final = 10_000  # jobs whose run times are remembered (least recent out)
 REPORT_GRACE_MS_DEFAULT: Final = 3_000
 CPUS: Final = "cpus"
 LOCALITY_REPLICAS: Final = 3  # holders of an argument object considered local
@@ -93,6 +101,7 @@ class _Job:
     job_id: str
     needs: dict[str, float]
     placement: dict[str, str]
+    run_ms: float | None = None  # moving average of its runs' time in a worker
     pending: deque[tuple[int, str]] = field(default_factory=deque)  # (index, argument object id)
     queued: set[int] = field(default_factory=set)  # the indexes in ``pending``
 
@@ -107,11 +116,22 @@ def needs_of(spec: tasks.JobSpec) -> dict[str, float]:
 class Scheduler:
     """One leader's scheduler (see module doc)."""
 
-    def __init__(self, *, term: int, depth: int = DEPTH_DEFAULT, report_grace_ms: int = REPORT_GRACE_MS_DEFAULT) -> None:
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, not {depth}")
+    def __init__(
+        self,
+        *,
+        term: int,
+        depth_min: int = DEPTH_MIN_DEFAULT,
+        depth_max: int = DEPTH_MAX_DEFAULT,
+        window_ms: float = WINDOW_MS_DEFAULT,
+        report_grace_ms: int = REPORT_GRACE_MS_DEFAULT,
+    ) -> None:
+        if not 1 <= depth_min <= depth_max:
+            raise ValueError(f"need 1 <= depth_min <= depth_max, not {depth_min}, {depth_max}")
         self._attempts = itertools.count(term * 2**32 + 1)
-        self._depth = depth
+        self._depth_min = depth_min
+        self._depth_max = depth_max
+        self._window_ms = window_ms
+        self._run_ms: dict[str, float] = {}  # job -> moving average of its runs' time in a worker
         self._report_grace_ms = report_grace_ms
         self._nodes: dict[str, WorkerNode] = {}
         self._used: dict[str, dict[str, float]] = {}
@@ -131,7 +151,11 @@ class Scheduler:
         return len(self._running)
 
     def running_on(self, node_id: str) -> list[tuple[str, int, int]]:
-        return [(job, index, run.attempt) for (job, index), run in self._running.items() if run.node_id == node_id]
+        return [
+            (job, index, run.attempt)
+            for (job, index), run in self._running.items()
+            if run.node_id == node_id
+        ]
 
     def load(self, node_id: str) -> float:
         """Tasks in hand per slot."""
@@ -142,18 +166,7 @@ class Scheduler:
 
     def blocked(self, spec: tasks.JobSpec) -> str:
         """Why no live node could ever run this job's tasks ("" if one could)."""
-        needs = needs_of(spec)
-        if not self._nodes:
-            return "no live node runs tasks"
-        labelled = [node for node in self._nodes.values() if _labels_match(node, spec.placement)]
-        if not labelled:
-            wanted = ", ".join(f"{k}={v}" for k, v in sorted(spec.placement.items()))
-            return f"no live node has the labels {wanted}"
-        for node in labelled:
-            if all(_capacity(node, name) >= amount for name, amount in needs.items()):
-                return ""
-        wanted = ", ".join(f"{k}={v:g}" for k, v in sorted(needs.items()))
-        return f"no live node with the placement labels offers {wanted}"
+        return blocked_reason(spec, list(self._nodes.values()))
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -180,7 +193,9 @@ class Scheduler:
                 self._queue(job, [index])
                 continue
             needs = needs_of(job.spec)
-            self._running[(job.job_id, index)] = _Running(task.node, task.attempt, now_ms, needs, False)
+            self._running[(job.job_id, index)] = _Running(
+                task.node, task.attempt, now_ms, needs, False
+            )
             _charge(self._used[task.node], needs, +1)
 
     def add_pending(self, job: tasks.JobRecord, indexes: Sequence[int]) -> None:
@@ -217,13 +232,26 @@ class Scheduler:
                 stopped.append((key[0], key[1], run.attempt, run.node_id))
         return stopped
 
-    def completed(self, node_id: str, job_id: str, index: int, attempt: int) -> None:
-        """A worker's result arrived (not yet committed): free its capacity."""
+    def completed(self, node_id: str, job_id: str, index: int, attempt: int, run_ms: float = 0.0) -> None:
+        """A worker's result arrived (not yet committed): free its capacity,
+        and learn how long the job's tasks take."""
         key = (job_id, index)
         run = self._running.get(key)
         if run is not None and run.attempt == attempt and run.node_id == node_id:
             self._release(key)
             self._awaiting_commit[key] = node_id
+            average = self._run_ms.pop(job_id, None)
+            self._run_ms[job_id] = run_ms if average is None else average + RUN_MS_WEIGHT * (run_ms - average)
+            if len(self._run_ms) > RUN_TIMES_KEPT:
+                del self._run_ms[next(iter(self._run_ms))]
+
+    def depth(self, job_id: str) -> int:
+        """Tasks of this job a node may hold per slot (module doc)."""
+        average = self._run_ms.get(job_id)
+        if average is None:
+            return self._depth_min
+        wanted = self._window_ms / max(average, 0.1)
+        return int(min(self._depth_max, max(self._depth_min, wanted)))
 
     def report(self, node_id: str, runs: Iterable[tuple[str, int, int]], now_ms: int) -> list[Lost]:
         """A worker node's list of the runs it has (running, queued, or done
@@ -243,14 +271,19 @@ class Scheduler:
 
     # -- decisions --------------------------------------------------------------------------
 
-    def schedule(self, now_ms: int, holders: Mapping[str, Sequence[str]] | None = None) -> list[Dispatch]:
+    def schedule(
+        self, now_ms: int, holders: Mapping[str, Sequence[str]] | None = None
+    ) -> list[Dispatch]:
         """Place as many pending tasks as there is room for. ``holders``:
         the nodes holding an argument object, by object id, if known (else
         ranked by rendezvous hashing over the live nodes)."""
         if not self._jobs or not self._nodes:
             return []
         planned: dict[str, list[tuple[str, int, int]]] = {}
-        candidates = [placement.Candidate(node_id, node.labels.get("region", "")) for node_id, node in self._nodes.items()]
+        candidates = [
+            placement.Candidate(node_id, node.labels.get("region", ""))
+            for node_id, node in self._nodes.items()
+        ]
         order = list(self._jobs)
         start = self._turn % len(order)
         self._turn += 1
@@ -310,7 +343,8 @@ class Scheduler:
         holders: Mapping[str, Sequence[str]] | None,
         candidates: list[placement.Candidate],
     ) -> str | None:
-        with_room = [node_id for node_id in eligible if self._fits(node_id, job.needs)]
+        depth = self.depth(job.job_id)
+        with_room = [node_id for node_id in eligible if self._fits(node_id, job.needs, depth)]
         if not with_room:
             return None
         if argument:
@@ -322,11 +356,11 @@ class Scheduler:
                 with_room = local
         return min(with_room, key=lambda node_id: (self.load(node_id), node_id))
 
-    def _fits(self, node_id: str, needs: Mapping[str, float]) -> bool:
+    def _fits(self, node_id: str, needs: Mapping[str, float], depth: int) -> bool:
         node = self._nodes[node_id]
         used = self._used[node_id]
         for name, amount in needs.items():
-            limit = _capacity(node, name) * (self._depth if name == CPUS else 1)
+            limit = _capacity(node, name) * (depth if name == CPUS else 1)
             if used.get(name, 0.0) + amount > limit + 1e-9:
                 return False
         return True
@@ -335,6 +369,22 @@ class Scheduler:
         run = self._running.pop(key, None)
         if run is not None and run.node_id in self._used:
             _charge(self._used[run.node_id], run.needs, -1)
+
+
+def blocked_reason(spec: tasks.JobSpec, nodes: Sequence[WorkerNode]) -> str:
+    """Why none of ``nodes`` could ever run the job's tasks ("" if one could)."""
+    needs = needs_of(spec)
+    if not nodes:
+        return "no live node runs tasks"
+    labelled = [node for node in nodes if _labels_match(node, spec.placement)]
+    if not labelled:
+        wanted = ", ".join(f"{k}={v}" for k, v in sorted(spec.placement.items()))
+        return f"no live node has the labels {wanted}"
+    for node in labelled:
+        if all(_capacity(node, name) >= amount for name, amount in needs.items()):
+            return ""
+    wanted = ", ".join(f"{k}={v:g}" for k, v in sorted(needs.items()))
+    return f"no live node with the placement labels offers {wanted}"
 
 
 def _capacity(node: WorkerNode, name: str) -> float:

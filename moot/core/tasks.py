@@ -91,10 +91,7 @@ class Payload(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_field
 
     inline: Annotated[bytes, msgspec.Meta(max_length=FUNCTION_INLINE_BYTES_MAX)] = b""
     object_id: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{64})?$")] = ""
-
-    @property
-    def size_hint(self) -> int:
-        return len(self.inline)
+    size: Count = 0  # the object's size (for its database record)
 
 
 class JobSpec(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
@@ -106,7 +103,9 @@ class JobSpec(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_field
     retries: Retries = 0
     max_retries: Retries = 3
     timeout_ms: Count = 0  # 0: none
-    resources: Annotated[dict[ResourceName, ResourceAmount], msgspec.Meta(max_length=RESOURCES_MAX)] = {}
+    resources: Annotated[
+        dict[ResourceName, ResourceAmount], msgspec.Meta(max_length=RESOURCES_MAX)
+    ] = {}
     placement: Annotated[dict[LabelText, LabelText], msgspec.Meta(max_length=RESOURCES_MAX)] = {}
     owner: Name = ""
 
@@ -130,7 +129,9 @@ class AddTasks(msgspec.Struct, frozen=True, tag="job_add", forbid_unknown_fields
 
     job_id: JobId
     start: Index
-    tasks: Annotated[tuple[Payload, ...], msgspec.Meta(min_length=1, max_length=TASKS_PER_COMMAND_MAX)]
+    tasks: Annotated[
+        tuple[Payload, ...], msgspec.Meta(min_length=1, max_length=TASKS_PER_COMMAND_MAX)
+    ]
 
 
 class Assignment(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
@@ -159,6 +160,7 @@ class Finish(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields
     error_type: Name = ""
     error_message: Text = ""
     traceback: Text = ""
+    duration_ms: Count = 0  # the run's time in its worker
 
 
 class FinishTasks(msgspec.Struct, frozen=True, tag="task_finish", forbid_unknown_fields=True):
@@ -214,6 +216,7 @@ class JobRecord(msgspec.Struct, array_like=True, gc=False):
     duplicates: int = 0  # results discarded: their task had finished already
     finished_ms: int = 0
     tasks: list[TaskRecord] = []
+    finished_order: list[int] = []  # task indexes in seq order: the one with seq k is at k - 1
 
 
 class TaskEvent(msgspec.Struct, frozen=True, array_like=True):
@@ -231,13 +234,14 @@ class TaskEvent(msgspec.Struct, frozen=True, array_like=True):
 
 @dataclass(slots=True)
 class Applied:
-    """The answer to one task command, what changed, and the reference keys
-    the caller must put (``refs_added``) or delete (``refs_removed``)."""
+    """The answer to one task command, what changed, and the database keys
+    the caller must put (``puts``: references, and records of result
+    objects) or delete (``deletes``: references)."""
 
     succeeded: bool
     events: list[TaskEvent] = field(default_factory=list)
-    refs_added: list[bytes] = field(default_factory=list)
-    refs_removed: list[bytes] = field(default_factory=list)
+    puts: list[tuple[bytes, bytes]] = field(default_factory=list)
+    deletes: list[bytes] = field(default_factory=list)
     detail: str = ""
 
 
@@ -307,9 +311,7 @@ class TaskTable:
         job = self._jobs.get(job_id)
         if job is None:
             return []
-        found = [(index, task) for index, task in enumerate(job.tasks) if task.seq > seq]
-        found.sort(key=lambda item: item[1].seq)
-        return found
+        return [(index, job.tasks[index]) for index in job.finished_order[max(0, seq) :]]
 
     def unfinished(self) -> Iterator[tuple[JobRecord, int, TaskRecord]]:
         """Every pending or running task of a live job (a new leader's scheduler starts from these)."""
@@ -356,11 +358,16 @@ class TaskTable:
         else:
             self._functions[command.spec.function_hash] = (known[0], known[1] + 1)
             function = known[0]
-        job = JobRecord(job_id=command.job_id, spec=command.spec, total=command.total, submitted_ms=command.now_ms)
+        job = JobRecord(
+            job_id=command.job_id,
+            spec=command.spec,
+            total=command.total,
+            submitted_ms=command.now_ms,
+        )
         job.tasks = []
         self._jobs[command.job_id] = job
         if function.object_id:
-            applied.refs_added.append(ref_key(function.object_id, command.job_id))
+            applied.puts.append((ref_key(function.object_id, command.job_id), b""))
         self._append_tasks(job, command.tasks, applied)
         return applied
 
@@ -369,37 +376,52 @@ class TaskTable:
         if job is None:
             return Applied(False, detail="unknown job")
         if command.start != len(job.tasks):
-            return Applied(False, detail=f"tasks must come in order: expected start {len(job.tasks)}")
+            return Applied(
+                False, detail=f"tasks must come in order: expected start {len(job.tasks)}"
+            )
         if len(job.tasks) + len(command.tasks) > job.total:
             return Applied(False, detail="more tasks than the job's total")
         applied = Applied(True)
         self._append_tasks(job, command.tasks, applied)
         return applied
 
-    def _append_tasks(self, job: JobRecord, payloads: tuple[Payload, ...], applied: Applied) -> None:
+    def _append_tasks(
+        self, job: JobRecord, payloads: tuple[Payload, ...], applied: Applied
+    ) -> None:
         start = len(job.tasks)
         cancelled = job.state == "cancelled"
         for payload in payloads:
             task = TaskRecord(args=payload)
-            if cancelled:
+            if cancelled:  # the rest of a job cancelled while it was being submitted
+                job.seq += 1
+                job.finished += 1
+                job.finished_order.append(len(job.tasks))
                 task.state = "cancelled"
+                task.seq = job.seq
             job.tasks.append(task)
             if payload.object_id:
-                applied.refs_added.append(ref_key(payload.object_id, job.job_id))
+                applied.puts.append((ref_key(payload.object_id, job.job_id), b""))
         self._tasks_kept += len(payloads)
         if cancelled:
-            job.finished += len(payloads)
+            if payloads:
+                applied.events.append(TaskEvent("finished", job.job_id, tuple(range(start, len(job.tasks)))))
             return
         if len(job.tasks) == job.total:
             job.state = "running"
         if payloads:
-            applied.events.append(TaskEvent("pending", job.job_id, tuple(range(start, len(job.tasks)))))
+            applied.events.append(
+                TaskEvent("pending", job.job_id, tuple(range(start, len(job.tasks))))
+            )
         self._evict(applied)
 
     def _assign(self, command: AssignTasks) -> Applied:
         for assignment in command.assignments:
             task = self.task(assignment.job_id, assignment.index)
-            if task is None or task.state not in ("pending", "running") or assignment.attempt <= task.attempt:
+            if (
+                task is None
+                or task.state not in ("pending", "running")
+                or assignment.attempt <= task.attempt
+            ):
                 continue
             task.state = "running"
             task.attempt = assignment.attempt
@@ -415,7 +437,7 @@ class TaskTable:
             job = self._jobs.get(finish.job_id)
             if job is None or not 0 <= finish.index < len(job.tasks):
                 continue
-            outcome = self._finish(job, finish, applied)
+            outcome = self._finish(job, finish, command.now_ms, applied)
             if outcome == "finished":
                 finished.setdefault(job.job_id, []).append(finish.index)
                 if job.finished == job.total:
@@ -431,14 +453,14 @@ class TaskTable:
         self._evict(applied)
         return applied
 
-    def _finish(self, job: JobRecord, finish: Finish, applied: Applied) -> str:
+    def _finish(self, job: JobRecord, finish: Finish, now_ms: int, applied: Applied) -> str:
         task = job.tasks[finish.index]
         if finish.kind == "ok":
             if task.state not in ("pending", "running"):
                 job.duplicates += 1
                 return ""
             job.commits += 1
-            self._settle(job, task, "done", finish, applied)
+            self._settle(job, finish.index, "done", finish, now_ms, applied)
             return "finished"
         if task.state != "running" or finish.attempt != task.attempt:
             return ""  # stale: the task was finished or reassigned since
@@ -453,12 +475,22 @@ class TaskTable:
                 task.state = "pending"
                 return "retry"
         job.failed += 1
-        self._settle(job, task, "failed", finish, applied)
+        self._settle(job, finish.index, "failed", finish, now_ms, applied)
         return "finished"
 
-    def _settle(self, job: JobRecord, task: TaskRecord, state: TaskState, finish: Finish, applied: Applied) -> None:
+    def _settle(
+        self,
+        job: JobRecord,
+        index: int,
+        state: TaskState,
+        finish: Finish,
+        now_ms: int,
+        applied: Applied,
+    ) -> None:
+        task = job.tasks[index]
         job.seq += 1
         job.finished += 1
+        job.finished_order.append(index)
         task.state = state
         task.seq = job.seq
         task.kind = finish.kind
@@ -468,7 +500,16 @@ class TaskTable:
         task.error_message = finish.error_message
         task.traceback = finish.traceback
         if finish.value.object_id:
-            applied.refs_added.append(ref_key(finish.value.object_id, job.job_id))
+            # The worker stored the result on its holders; the database
+            # records it (the collector keeps what is recorded and referenced).
+            record = objects.ObjectRecord(size=finish.value.size, touched_ms=now_ms)
+            applied.puts.append(
+                (
+                    objects.OBJECT_KEY_PREFIX + finish.value.object_id.encode(),
+                    objects.encode_record(record),
+                )
+            )
+            applied.puts.append((ref_key(finish.value.object_id, job.job_id), b""))
 
     def _job_finished(self, job: JobRecord, now_ms: int, applied: Applied) -> None:
         job.state = "finished"
@@ -488,6 +529,7 @@ class TaskTable:
             if task.state in ("pending", "running"):
                 job.seq += 1
                 job.finished += 1
+                job.finished_order.append(index)
                 task.state = "cancelled"
                 task.seq = job.seq
                 cancelled.append(index)
@@ -523,9 +565,11 @@ class TaskTable:
             for payload in (task.args, task.value):
                 if payload.object_id:
                     refs[ref_key(payload.object_id, job.job_id)] = None
-        applied.refs_removed.extend(refs)
+        applied.deletes.extend(refs)
         if job.state not in ("finished", "cancelled"):
-            indexes = tuple(i for i, task in enumerate(job.tasks) if task.state in ("pending", "running"))
+            indexes = tuple(
+                i for i, task in enumerate(job.tasks) if task.state in ("pending", "running")
+            )
             if indexes:
                 applied.events.append(TaskEvent("finished", job.job_id, indexes))
         applied.events.append(TaskEvent("job", job.job_id, state="forgotten"))
@@ -533,7 +577,8 @@ class TaskTable:
     def _evict(self, applied: Applied) -> None:
         """Forget the oldest finished jobs beyond the caps."""
         while self._finished_order and (
-            len(self._finished_order) > self._jobs_finished_max or self._tasks_kept > self._tasks_kept_max
+            len(self._finished_order) > self._jobs_finished_max
+            or self._tasks_kept > self._tasks_kept_max
         ):
             oldest = next(iter(self._finished_order))
             self._drop(self._jobs[oldest], applied)
@@ -563,15 +608,22 @@ class TaskTable:
         except (msgspec.DecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"corrupt task table snapshot: {error}") from error
         if image.format_version != SNAPSHOT_FORMAT_VERSION:
-            raise ValueError(f"task table snapshot format {image.format_version}, this build reads {SNAPSHOT_FORMAT_VERSION}")
+            raise ValueError(
+                f"task table snapshot format {image.format_version}, this build reads {SNAPSHOT_FORMAT_VERSION}"
+            )
         table = cls(jobs_finished_max=jobs_finished_max, tasks_kept_max=tasks_kept_max)
         for function_hash_, payload, users in image.functions:
             table._functions[function_hash_] = (payload, users)
         for job in image.jobs:
             if job.spec.function_hash not in table._functions:
-                raise ValueError(f"corrupt task table snapshot: job {job.job_id} runs an unknown function")
+                raise ValueError(
+                    f"corrupt task table snapshot: job {job.job_id} runs an unknown function"
+                )
             table._jobs[job.job_id] = job
             table._tasks_kept += len(job.tasks)
+        for job in image.jobs:
+            if len(job.finished_order) != job.seq or len(job.tasks) > job.total:
+                raise ValueError(f"corrupt task table snapshot: job {job.job_id} has inconsistent counts")
         for job_id in image.finished_order:
             if job_id not in table._jobs:
                 raise ValueError(f"corrupt task table snapshot: finished job {job_id} is not kept")

@@ -27,7 +27,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from moot.core import raft_messages
+from moot.core import raft_messages, tasks
 from moot.core.kv import KEY_BYTES_MAX, Event
 from moot.core.kv_server import ClientReply, ClientRequest
 from moot.core.objects import CHUNK_BYTES_MAX, ChunkId
@@ -127,6 +127,15 @@ class TAGS:
     LOCAL_ACCESS_GRANT: Final = 85
     LOCAL_OPEN: Final = 86
     LOCAL_OPENED: Final = 87
+    RUN_TASKS: Final = 90
+    TASKS_DONE: Final = 91
+    WORKER_REPORT: Final = 92
+    STOP_TASKS: Final = 93
+    JOB_WATCH: Final = 94
+    JOB_EVENTS: Final = 95
+    JOB_UNWATCH: Final = 96
+    JOB_QUERY: Final = 97
+    JOB_INFO: Final = 98
 
 
 class LocalProtocolError(Exception):
@@ -567,6 +576,133 @@ class LocalOpened(msgspec.Struct, frozen=True, tag=TAGS.LOCAL_OPENED, forbid_unk
     error: Annotated[str, msgspec.Meta(max_length=REASON_CHARS_MAX)] = ""
 
 
+# -- durable tasks -----------------------------------------------------------------------
+
+TASKS_PER_MESSAGE_MAX: Final = tasks.TASKS_PER_COMMAND_MAX
+JobIdText = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")]
+TaskIndex = Annotated[int, msgspec.Meta(ge=0, lt=tasks.TASKS_PER_JOB_MAX)]
+
+
+class RunTask(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """One run the leader's scheduler placed: the job's function (by hash),
+    the task's arguments, its time limit (0: none)."""
+
+    job_id: JobIdText
+    index: TaskIndex
+    attempt: Sequence
+    function_hash: ChunkId
+    args: tasks.Payload
+    timeout_ms: Sequence = 0
+
+
+class FunctionBlob(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    function_hash: ChunkId
+    function: tasks.Payload
+
+
+class RunTasks(msgspec.Struct, frozen=True, tag=TAGS.RUN_TASKS, forbid_unknown_fields=True):
+    """Leader to worker node: run these. ``functions``: the ones this node
+    may not have yet (it keeps what it got; else it reads its own table)."""
+
+    term: Sequence
+    runs: Annotated[tuple[RunTask, ...], msgspec.Meta(max_length=TASKS_PER_MESSAGE_MAX)]
+    functions: Annotated[tuple[FunctionBlob, ...], msgspec.Meta(max_length=TASKS_PER_MESSAGE_MAX)] = ()
+
+
+class TasksDone(msgspec.Struct, frozen=True, tag=TAGS.TASKS_DONE, forbid_unknown_fields=True):
+    """Worker node to leader: outcomes of runs (sent again until committed)."""
+
+    finishes: Annotated[tuple[tasks.Finish, ...], msgspec.Meta(max_length=TASKS_PER_MESSAGE_MAX)]
+
+
+class RunRef(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    job_id: JobIdText
+    index: TaskIndex
+    attempt: Sequence
+
+
+class WorkerReport(msgspec.Struct, frozen=True, tag=TAGS.WORKER_REPORT, forbid_unknown_fields=True):
+    """Worker node to leader, periodically: every run it has (running,
+    queued, or finished and not yet committed)."""
+
+    runs: Annotated[tuple[RunRef, ...], msgspec.Meta(max_length=TASKS_PER_MESSAGE_MAX * 10)]
+
+
+class StopTasks(msgspec.Struct, frozen=True, tag=TAGS.STOP_TASKS, forbid_unknown_fields=True):
+    """Leader to worker node: these runs' job was cancelled: kill them."""
+
+    runs: Annotated[tuple[RunRef, ...], msgspec.Meta(max_length=TASKS_PER_MESSAGE_MAX * 10)]
+
+
+class JobWatch(msgspec.Struct, frozen=True, tag=TAGS.JOB_WATCH, forbid_unknown_fields=True):
+    """Client to any node: send me the job's finished tasks after ``since_seq``,
+    now and as they commit (answered by ``JobEvents`` with this request id)."""
+
+    request_id: Sequence
+    job_id: JobIdText
+    since_seq: Sequence = 0
+
+
+class JobUnwatch(msgspec.Struct, frozen=True, tag=TAGS.JOB_UNWATCH, forbid_unknown_fields=True):
+    job_id: JobIdText
+
+
+class TaskResult(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """A finished task as clients see it (``state``: done, failed or cancelled)."""
+
+    index: TaskIndex
+    seq: Sequence
+    state: Annotated[str, msgspec.Meta(max_length=16)]
+    kind: Annotated[str, msgspec.Meta(max_length=16)] = ""
+    value: tasks.Payload = tasks.Payload()
+    error_type: Annotated[str, msgspec.Meta(max_length=tasks.NAME_CHARS_MAX)] = ""
+    error_message: Annotated[str, msgspec.Meta(max_length=tasks.ERROR_TEXT_CHARS_MAX)] = ""
+    traceback: Annotated[str, msgspec.Meta(max_length=tasks.ERROR_TEXT_CHARS_MAX)] = ""
+    node: Annotated[str, msgspec.Meta(max_length=NODE_ID_CHARS_MAX)] = ""
+
+
+class JobEvents(msgspec.Struct, frozen=True, tag=TAGS.JOB_EVENTS, forbid_unknown_fields=True):
+    """Node to client: finished tasks of a watched job, in seq order.
+    ``state``: the job's (``unknown`` if this node has no such job, e.g.
+    forgotten, or submitted and not yet applied here)."""
+
+    request_id: Sequence
+    job_id: JobIdText
+    state: Annotated[str, msgspec.Meta(max_length=16)]
+    total: Sequence = 0
+    results: Annotated[tuple[TaskResult, ...], msgspec.Meta(max_length=TASKS_PER_MESSAGE_MAX)] = ()
+
+
+class JobQuery(msgspec.Struct, frozen=True, tag=TAGS.JOB_QUERY, forbid_unknown_fields=True):
+    """Client to any node: the job's summary, or every kept job's (``job_id`` empty)."""
+
+    request_id: Sequence
+    job_id: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{32})?$")] = ""
+
+
+class JobSummary(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    job_id: JobIdText
+    name: Annotated[str, msgspec.Meta(max_length=tasks.NAME_CHARS_MAX)]
+    state: Annotated[str, msgspec.Meta(max_length=16)]
+    total: Sequence
+    done: Sequence
+    failed: Sequence
+    cancelled: Sequence
+    running: Sequence
+    pending: Sequence
+    commits: Sequence
+    duplicates: Sequence
+    submitted_ms: Sequence
+    finished_ms: Sequence
+    owner: Annotated[str, msgspec.Meta(max_length=tasks.NAME_CHARS_MAX)] = ""
+    blocked: Annotated[str, msgspec.Meta(max_length=REASON_CHARS_MAX)] = ""
+
+
+class JobInfo(msgspec.Struct, frozen=True, tag=TAGS.JOB_INFO, forbid_unknown_fields=True):
+    request_id: Sequence
+    jobs: Annotated[tuple[JobSummary, ...], msgspec.Meta(max_length=tasks.JOBS_FINISHED_MAX_DEFAULT * 10)] = ()
+
+
 ObjectRequestTypes: Final = (ChunkUpload, ObjectCommit, ObjectStat, ChunkFetch, LocalAccess)
 ObjectPeerTypes: Final = (ChunkStore, ChunkGet, ChunkHas, ChunkBad)
 ObjectReplyTypes: Final = (ChunkStoreReply, ChunkData, ChunkHasReply)
@@ -619,7 +755,18 @@ Message = (
     | LocalAccessGrant
     | LocalOpen
     | LocalOpened
+    | RunTasks
+    | TasksDone
+    | WorkerReport
+    | StopTasks
+    | JobWatch
+    | JobEvents
+    | JobUnwatch
+    | JobQuery
+    | JobInfo
 )
+TASK_PEER_TYPES: Final = (RunTasks, TasksDone, WorkerReport, StopTasks)
+TASK_CLIENT_TYPES: Final = (JobWatch, JobUnwatch, JobQuery)
 MEMBERSHIP_MESSAGE_TYPES: Final = (Ping, IndirectPing, Ack, Nack, PushPull, Gossip)
 RAFT_MESSAGE_TYPES: Final = raft_messages.RAFT_MESSAGE_TYPES
 

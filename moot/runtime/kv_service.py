@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from moot.core import kv, voters, wire
+from moot.core import kv, tasks, voters, wire
 from moot.core.kv_server import (
     ClientReply,
     ClientRequest,
@@ -120,6 +120,9 @@ class KvService:
         self._missing_since: dict[str, int] = {}  # members of the group membership does not know
         self._last_role = self.server.raft.role
         self._last_leader: str | None = None
+        self.on_applied: Callable[[list[tasks.TaskEvent], bool], None] | None = None
+        """Called after every round with what task commands changed (and
+        True if a snapshot replaced the state: start over from the table)."""
         log_event(
             self.log,
             logging.INFO,
@@ -197,6 +200,16 @@ class KvService:
     def on_watch_cancel(self, peer: Peer, message: wire.WatchCancel) -> None:
         """The client stopped a watch."""
         self._watches.pop((peer.remote_address, message.watch_id), None)
+
+    def leader_ready(self) -> bool:
+        """This node leads and has applied every entry of earlier terms (an
+        entry of its own term is committed): its state is the group's."""
+        raft = self.server.raft
+        return (
+            raft.role == "leader"
+            and raft.log_term(raft.commit_index) == raft.term
+            and self.server.state.applied_index >= raft.commit_index
+        )
 
     def status(self, request_id: int, address: str) -> wire.StatusReply:
         """This node's view of the group, for ``moot status``."""
@@ -290,6 +303,9 @@ class KvService:
                 )
             )
         self.server.advance(out)
+        task_events = self.server.state.take_task_events()
+        if self.on_applied is not None and (task_events or raft_out.restore_snapshot or raft_out.committed_entries):
+            self.on_applied(task_events, raft_out.restore_snapshot)
         if any(entry.kind == "conf_change" for entry in raft_out.committed_entries):
             self._next_plan_ms = 0  # one change done: plan the next at once
         revision = self.server.state.revision

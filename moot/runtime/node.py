@@ -30,13 +30,16 @@ from moot.core import objects, placement, voters, wire
 from moot.core.membership import Membership, MemberView, Output
 from moot.core.membership_config import MembershipConfig
 from moot.core.raft_config import RaftConfig
+from moot.core.scheduler import WorkerNode
 from moot.runtime import identity
 from moot.runtime.kv_service import KvService
 from moot.runtime.logs import get_logger, log_event
 from moot.runtime.node_state import NodeState
 from moot.runtime.object_service import ObjectError, ObjectNotFound, ObjectService
 from moot.runtime.storage import StorageError
+from moot.runtime.task_service import TaskService
 from moot.runtime.transport import Peer, Transport, TransportConfig, parse_address
+from moot.runtime.worker_pool import WorkerPoolError
 
 LEAVE_DRAIN_MS_MAX = 2_000  # how long a graceful leave waits for its gossip to go out
 EVENTS_KEPT_MAX = 1_000  # membership events kept in memory for the API
@@ -57,6 +60,11 @@ class NodeOptions:
     http: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     cpus: int = 1
+    """Worker processes this node runs tasks in (0: none)."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom resources tasks can ask for (gossiped as ``resource.<name>`` labels)."""
+    task_memory_bytes: int | None = None
+    """Address-space limit of each worker process."""
     profile: str = "lan"
     advertise: str | None = None
     """HOST:PORT other nodes dial, when --listen is a wildcard such as 0.0.0.0."""
@@ -124,6 +132,7 @@ class Node:
         self.transport: Transport | None = None
         self.kv: KvService | None = None
         self.objects: ObjectService | None = None
+        self.tasks: TaskService | None = None
         self.addresses: dict[str, str] = {self.node_id: options.address}
         self.events: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
@@ -149,12 +158,15 @@ class Node:
                 raft_timers = group.create_task(self.kv.run())
                 assert self.objects is not None
                 repair = group.create_task(self.objects.run())
+                assert self.tasks is not None
+                task_loop = group.create_task(self.tasks.run())
                 await self._stopping.wait()
                 await self.kv.hand_over()
                 await self.leave()
                 timers.cancel()
                 raft_timers.cancel()
                 repair.cancel()
+                task_loop.cancel()
         finally:
             await self.close()
 
@@ -193,7 +205,7 @@ class Node:
             self.config,
             node_id=self.node_id,
             address=self.options.address,
-            labels=self.options.labels,
+            labels=gossiped_labels(self.options.labels, self.options.resources),
             cpus=self.options.cpus,
             rng=random.Random(),
             now_ms=now,
@@ -239,6 +251,21 @@ class Node:
             self.objects.kv = self.kv
         except OSError as error:
             raise NodeStartError(f"cannot open the chunk store in {self.options.data_dir}: {error}") from error
+        self.tasks = TaskService(
+            node_id=self.node_id,
+            transport=self.transport,
+            kv=self.kv,
+            objects=self.objects,
+            address_of=self.address_of,
+            workers_now=self.worker_nodes,
+            logger=self.log,
+            cpus=self.options.cpus,
+            memory_limit_bytes=self.options.task_memory_bytes,
+        )
+        try:
+            await self.tasks.start()
+        except WorkerPoolError as error:
+            raise NodeStartError(f"cannot start the worker processes: {error}") from error
         if self.options.http:
             await self._start_http(self.options.http)
         log_event(
@@ -269,6 +296,9 @@ class Node:
             log_event(self.log, logging.INFO, "http_closing")
             await self._http_runner.cleanup()
             self._http_runner = None
+        if self.tasks is not None:
+            await self.tasks.close()
+            self.tasks = None
         if self.objects is not None:
             self.objects.close()
             self.objects = None
@@ -316,6 +346,11 @@ class Node:
             self.kv.on_watch(peer, message)
         elif isinstance(message, wire.WatchCancel) and self.kv is not None:
             self.kv.on_watch_cancel(peer, message)
+        elif isinstance(message, wire.TASK_PEER_TYPES) and self.tasks is not None:
+            if peer.role == "node":
+                self.tasks.on_peer_message(peer, message)
+        elif isinstance(message, wire.TASK_CLIENT_TYPES) and self.tasks is not None:
+            self.tasks.on_client_request(peer, message)
         elif isinstance(message, wire.ObjectRequestTypes) and self.objects is not None:
             self.objects.on_client_request(peer, message)
         elif isinstance(message, wire.ObjectPeerTypes + wire.ObjectReplyTypes) and self.objects is not None:
@@ -367,6 +402,8 @@ class Node:
             self.transport.send(send.address, send.message)
         if out.events and self.objects is not None:
             self.objects.members_changed()
+        if out.events and self.tasks is not None:
+            self.tasks.members_changed()
         for event in out.events:
             self.addresses[event.node_id] = event.address
             if event.kind in ("dead", "left"):
@@ -412,6 +449,17 @@ class Node:
             for member in self.membership.members()
             if member.state in ("alive", "suspect")
         ]
+
+    def worker_nodes(self) -> list[WorkerNode]:
+        """Alive (or merely suspected) members that run tasks, as the scheduler takes them."""
+        assert self.membership is not None
+        workers = []
+        for member in self.membership.members():
+            if member.state not in ("alive", "suspect") or member.cpus <= 0:
+                continue
+            labels, resources = split_labels(member.labels)
+            workers.append(WorkerNode(member.node_id, member.cpus, resources, labels))
+        return workers
 
     def member_statuses(self, now_ms: int) -> list[voters.MemberStatus]:
         """Membership as the voter planner takes it."""
@@ -597,6 +645,32 @@ def _member_info(member: MemberView, rtt_ms: float | None) -> wire.MemberInfo:
         rtt_ms=rtt_ms,
         coordinate=member.coordinate,
     )
+
+
+RESOURCE_LABEL_PREFIX = "resource."
+
+
+def gossiped_labels(labels: dict[str, str], resources: dict[str, float]) -> dict[str, str]:
+    """A node's labels as membership carries them: custom resources ride as
+    ``resource.<name>`` labels."""
+    merged = dict(labels)
+    merged.update({RESOURCE_LABEL_PREFIX + name: f"{amount:g}" for name, amount in resources.items()})
+    return merged
+
+
+def split_labels(labels: dict[str, str]) -> tuple[dict[str, str], dict[str, float]]:
+    """Back from gossip: (plain labels, custom resources); a malformed amount counts as none."""
+    plain: dict[str, str] = {}
+    resources: dict[str, float] = {}
+    for key, value in labels.items():
+        if key.startswith(RESOURCE_LABEL_PREFIX):
+            try:
+                resources[key[len(RESOURCE_LABEL_PREFIX) :]] = max(0.0, float(value))
+            except ValueError:
+                continue
+        else:
+            plain[key] = value
+    return plain, resources
 
 
 def run_node(options: NodeOptions) -> None:

@@ -352,6 +352,25 @@ class ObjectService:
             return getattr(reply, "error", "") or f"unexpected {type(reply).__name__}"
         return ""
 
+    async def read_object(self, object_id: str) -> bytes:
+        """A whole object's bytes, every chunk verified (for a task's
+        arguments or function: objects a worker needs in memory anyway)."""
+        manifest = objects.decode_manifest(await self.fetch_chunk(object_id), object_id)
+        if not manifest.chunks:
+            return manifest.inline
+        parts = await asyncio.gather(*(self.fetch_chunk(chunk) for chunk in manifest.chunks))
+        return b"".join(parts)
+
+    async def put_object(self, data: bytes) -> str:
+        """Store ``data`` as an object on its holders (a task's result); its id.
+        The caller records it in the database (the task table does, with
+        the result that names it)."""
+        object_id, manifest_bytes, chunks = await asyncio.to_thread(objects.split, data)
+        for chunk, chunk_data in chunks:
+            await self.store_replicated(chunk, chunk_data)
+        await self.store_replicated(object_id, manifest_bytes)
+        return object_id
+
     async def fetch_chunk(self, chunk_id: str) -> bytes:
         """``chunk_id``'s bytes, verified: cache, own disk, then the nearest holders."""
         objects.validate_object_id(chunk_id)

@@ -1439,6 +1439,17 @@ class ClientConnection:
         finally:
             self._pending.pop(request_id, None)
 
+    async def send(self, message: wire.Message) -> None:
+        """Send ``message`` and wait for nothing but the socket: its answers
+        (a subscription's pushes) all go to ``on_unsolicited``."""
+        if self._lost_reason is not None:
+            raise ConnectionLostError(f"connection to {self.address} is closed: {self._lost_reason}")
+        try:
+            self._stream.writer.write(wire.encode_frame(message))
+            await self._stream.writer.drain()
+        except OSError as error:
+            raise ConnectionLostError(f"connection to {self.address} failed: {error}") from error
+
     async def close(self) -> None:
         """Say Goodbye and close; pending requests fail with ``ConnectionLostError``."""
         if self._lost_reason is None:

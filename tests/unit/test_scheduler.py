@@ -50,7 +50,7 @@ def placed(dispatches: list[Dispatch]) -> Counter[str]:
 
 def test_nodes_get_slots_times_depth_tasks_and_a_completion_makes_room() -> None:
     table = make_table((1, 10, {}))
-    scheduler = Scheduler(term=1, depth=2)
+    scheduler = Scheduler(term=1, depth_min=2, depth_max=2)
     scheduler.set_nodes([WorkerNode("a", 1), WorkerNode("b", 2)])
     queue_all(scheduler, table)
     first = scheduler.schedule(0)
@@ -65,7 +65,7 @@ def test_nodes_get_slots_times_depth_tasks_and_a_completion_makes_room() -> None
 
 def test_tasks_go_to_the_least_loaded_node() -> None:
     table = make_table((1, 6, {}))
-    scheduler = Scheduler(term=1, depth=1)
+    scheduler = Scheduler(term=1, depth_min=1, depth_max=1)
     scheduler.set_nodes([WorkerNode("a", 3), WorkerNode("b", 3), WorkerNode("c", 3)])
     queue_all(scheduler, table)
     assert placed(scheduler.schedule(0)) == {"a": 2, "b": 2, "c": 2}
@@ -73,7 +73,7 @@ def test_tasks_go_to_the_least_loaded_node() -> None:
 
 def test_jobs_take_turns_so_a_big_job_does_not_starve_a_small_one() -> None:
     table = make_table((1, 100, {}), (2, 3, {}))
-    scheduler = Scheduler(term=1, depth=1)
+    scheduler = Scheduler(term=1, depth_min=1, depth_max=1)
     scheduler.set_nodes([WorkerNode("a", 4)])
     queue_all(scheduler, table)
     [dispatch] = scheduler.schedule(0)
@@ -83,8 +83,10 @@ def test_jobs_take_turns_so_a_big_job_does_not_starve_a_small_one() -> None:
 def test_labels_and_custom_resources_constrain_placement_and_say_why_a_job_waits() -> None:
     gpu_spec = {"resources": {"gpu": 1.0}}
     lahore_spec = {"placement": {"region": "lahore"}}
-    table = make_table((1, 3, gpu_spec), (2, 2, lahore_spec), (3, 1, {"placement": {"region": "mars"}}))
-    scheduler = Scheduler(term=1, depth=4)
+    table = make_table(
+        (1, 3, gpu_spec), (2, 2, lahore_spec), (3, 1, {"placement": {"region": "mars"}})
+    )
+    scheduler = Scheduler(term=1, depth_min=4, depth_max=4)
     scheduler.set_nodes(
         [
             WorkerNode("a", 4, resources={"gpu": 1.0}, labels={"region": "oslo"}),
@@ -93,7 +95,9 @@ def test_labels_and_custom_resources_constrain_placement_and_say_why_a_job_waits
     )
     queue_all(scheduler, table)
     dispatches = {d.node_id: d.tasks for d in scheduler.schedule(0)}
-    assert [job for job, _, _ in dispatches["a"]] == [job_id(1)], "one gpu: one gpu task at a time, never more"
+    assert [job for job, _, _ in dispatches["a"]] == [job_id(1)], (
+        "one gpu: one gpu task at a time, never more"
+    )
     assert Counter(job for job, _, _ in dispatches["b"]) == {job_id(2): 2}
     job_3 = table.job(job_id(3))
     assert job_3 is not None
@@ -115,7 +119,7 @@ def test_labels_and_custom_resources_constrain_placement_and_say_why_a_job_waits
 def test_a_task_prefers_a_node_that_holds_its_argument() -> None:
     objects_ = [f"{n:064x}" for n in range(1, 9)]
     table = make_table((1, 8, {"arguments": objects_}))
-    scheduler = Scheduler(term=1, depth=1)
+    scheduler = Scheduler(term=1, depth_min=1, depth_max=1)
     scheduler.set_nodes([WorkerNode(name, 8) for name in "abcd"])
     queue_all(scheduler, table)
     holders = {object_id: ["abcd"[i % 4]] for i, object_id in enumerate(objects_)}
@@ -127,20 +131,21 @@ def test_a_task_prefers_a_node_that_holds_its_argument() -> None:
 
 def test_runs_on_a_node_that_left_are_lost() -> None:
     table = make_table((1, 4, {}))
-    scheduler = Scheduler(term=1, depth=1)
+    scheduler = Scheduler(term=1, depth_min=1, depth_max=1)
     scheduler.set_nodes([WorkerNode("a", 2), WorkerNode("b", 2)])
     queue_all(scheduler, table)
     on_b = next(d for d in scheduler.schedule(0) if d.node_id == "b")
     lost = scheduler.set_nodes([WorkerNode("a", 2)])
     assert sorted(lost, key=lambda item: item.index) == sorted(
-        (Lost(job, index, attempt, "b") for job, index, attempt in on_b.tasks), key=lambda item: item.index
+        (Lost(job, index, attempt, "b") for job, index, attempt in on_b.tasks),
+        key=lambda item: item.index,
     )
     assert scheduler.running_count == 2
 
 
 def test_a_run_its_node_does_not_report_is_lost_after_the_grace() -> None:
     table = make_table((1, 2, {}))
-    scheduler = Scheduler(term=1, depth=1, report_grace_ms=1000)
+    scheduler = Scheduler(term=1, depth_min=1, depth_max=1, report_grace_ms=1000)
     scheduler.set_nodes([WorkerNode("a", 2)])
     queue_all(scheduler, table)
     [dispatch] = scheduler.schedule(0)
@@ -154,18 +159,24 @@ def test_a_run_its_node_does_not_report_is_lost_after_the_grace() -> None:
 
 def test_a_new_leader_adopts_the_table_and_attempt_ids_never_repeat() -> None:
     table = make_table((1, 3, {}))
-    old = Scheduler(term=1, depth=1)
+    old = Scheduler(term=1, depth_min=1, depth_max=1)
     old.set_nodes([WorkerNode("a", 1)])
     queue_all(old, table)
     [dispatch] = old.schedule(0)
-    table.apply(AssignTasks("a", tuple(Assignment(job, index, attempt) for job, index, attempt in dispatch.tasks)))
-    new = Scheduler(term=2, depth=1, report_grace_ms=100)
+    table.apply(
+        AssignTasks(
+            "a", tuple(Assignment(job, index, attempt) for job, index, attempt in dispatch.tasks)
+        )
+    )
+    new = Scheduler(term=2, depth_min=1, depth_max=1, report_grace_ms=100)
     new.set_nodes([WorkerNode("a", 1), WorkerNode("b", 1)])
     new.adopt(table, 1000)
     assert new.running_count == 1 and new.pending_count == 2
     [placed_new] = new.schedule(1000)
     assert placed_new.node_id == "b", "a is full with the adopted run"
-    attempts = {attempt for _, _, attempt in dispatch.tasks} | {attempt for _, _, attempt in placed_new.tasks}
+    attempts = {attempt for _, _, attempt in dispatch.tasks} | {
+        attempt for _, _, attempt in placed_new.tasks
+    }
     assert len(attempts) == 2 and min(a for _, _, a in placed_new.tasks) > 2**32
     # Node a never confirms the adopted run: lost after the grace.
     assert [item.index for item in new.report("a", [], 1100)] == [dispatch.tasks[0][1]]
@@ -173,19 +184,21 @@ def test_a_new_leader_adopts_the_table_and_attempt_ids_never_repeat() -> None:
 
 def test_cancelled_jobs_leave_the_queue_and_return_their_runs() -> None:
     table = make_table((1, 5, {}))
-    scheduler = Scheduler(term=1, depth=1)
+    scheduler = Scheduler(term=1, depth_min=1, depth_max=1)
     scheduler.set_nodes([WorkerNode("a", 2)])
     queue_all(scheduler, table)
     [dispatch] = scheduler.schedule(0)
     stopped = scheduler.job_gone(job_id(1))
-    assert sorted(stopped) == sorted((job, index, attempt, "a") for job, index, attempt in dispatch.tasks)
+    assert sorted(stopped) == sorted(
+        (job, index, attempt, "a") for job, index, attempt in dispatch.tasks
+    )
     assert scheduler.pending_count == 0 and scheduler.running_count == 0
     assert scheduler.schedule(1) == []
 
 
 def test_settled_and_retried_tasks_update_the_queue() -> None:
     table = make_table((1, 3, {}))
-    scheduler = Scheduler(term=1, depth=1)
+    scheduler = Scheduler(term=1, depth_min=1, depth_max=1)
     scheduler.set_nodes([WorkerNode("a", 1)])
     queue_all(scheduler, table)
     [dispatch] = scheduler.schedule(0)
@@ -200,3 +213,16 @@ def test_settled_and_retried_tasks_update_the_queue() -> None:
     scheduler.completed("a", job_id(1), 1, next_one.tasks[0][2])
     [again] = scheduler.schedule(2)
     assert again.tasks[0][1] == index and again.tasks[0][2] > first_attempt
+
+
+def test_short_tasks_are_queued_deeper_than_long_ones() -> None:
+    table = make_table((1, 500, {}), (2, 500, {}))
+    scheduler = Scheduler(term=1, depth_min=2, depth_max=64, window_ms=50)
+    scheduler.set_nodes([WorkerNode("a", 1)])
+    queue_all(scheduler, table)
+    assert scheduler.depth(job_id(1)) == 2, "nothing known yet: the minimum"
+    [first] = scheduler.schedule(0)
+    for job, index, attempt in first.tasks:
+        scheduler.completed("a", job, index, attempt, run_ms=1.0 if job == job_id(1) else 5000.0)
+    assert scheduler.depth(job_id(1)) == 50, "1 ms tasks: 50 ms of work per slot"
+    assert scheduler.depth(job_id(2)) == 2, "5 s tasks: the minimum"

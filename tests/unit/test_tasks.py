@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from moot.core import kv, tasks
+from moot.core import kv, objects, tasks
 from moot.core.tasks import (
     AddTasks,
     Assignment,
@@ -37,7 +37,12 @@ def spec(**overrides: object) -> JobSpec:
 
 
 def submit(
-    number: int, count: int = 3, *, total: int | None = None, with_function: bool = True, **spec_fields: object
+    number: int,
+    count: int = 3,
+    *,
+    total: int | None = None,
+    with_function: bool = True,
+    **spec_fields: object,
 ) -> SubmitJob:
     return SubmitJob(
         job_id=job_id(number),
@@ -49,7 +54,14 @@ def submit(
     )
 
 
-def finish(number: int, index: int, kind: str = "ok", attempt: int = 1, node: str = "n1", value: bytes = b"r") -> Finish:
+def finish(
+    number: int,
+    index: int,
+    kind: str = "ok",
+    attempt: int = 1,
+    node: str = "n1",
+    value: bytes = b"r",
+) -> Finish:
     return Finish(
         job_id=job_id(number),
         index=index,
@@ -60,8 +72,12 @@ def finish(number: int, index: int, kind: str = "ok", attempt: int = 1, node: st
     )
 
 
-def assign(number: int, indexes: range | list[int], attempt: int = 1, node: str = "n1") -> AssignTasks:
-    return AssignTasks(node=node, assignments=tuple(Assignment(job_id(number), i, attempt) for i in indexes))
+def assign(
+    number: int, indexes: range | list[int], attempt: int = 1, node: str = "n1"
+) -> AssignTasks:
+    return AssignTasks(
+        node=node, assignments=tuple(Assignment(job_id(number), i, attempt) for i in indexes)
+    )
 
 
 def test_a_submitted_job_has_pending_tasks_and_its_function_is_stored_once() -> None:
@@ -91,14 +107,19 @@ def test_the_first_result_wins_and_later_ones_are_counted_and_discarded() -> Non
     table.apply(assign(1, range(3)))
     first = table.apply(FinishTasks(now_ms=2000, finishes=(finish(1, 1, value=b"first"),)))
     assert [(e.kind, e.indexes) for e in first.events] == [("finished", (1,))]
-    again = table.apply(FinishTasks(now_ms=2001, finishes=(finish(1, 1, value=b"second", attempt=7),)))
+    again = table.apply(
+        FinishTasks(now_ms=2001, finishes=(finish(1, 1, value=b"second", attempt=7),))
+    )
     assert again.events == []
     job = table.job(job_id(1))
     assert job is not None
     assert job.tasks[1].value.inline == b"first" and job.tasks[1].seq == 1
     assert (job.commits, job.duplicates) == (1, 1)
     done = table.apply(FinishTasks(now_ms=2002, finishes=(finish(1, 2), finish(1, 0))))
-    assert [(e.kind, e.indexes, e.state) for e in done.events] == [("finished", (2, 0), ""), ("job", (), "finished")]
+    assert [(e.kind, e.indexes, e.state) for e in done.events] == [
+        ("finished", (2, 0), ""),
+        ("job", (), "finished"),
+    ]
     assert job.state == "finished" and job.finished_ms == 2002
     assert [index for index, _ in table.finished_since(job_id(1), 0)] == [1, 2, 0]
     assert [index for index, _ in table.finished_since(job_id(1), 2)] == [0]
@@ -117,7 +138,9 @@ def test_worker_crashes_are_retried_up_to_max_retries_then_fail() -> None:
     table.apply(submit(1, 1, max_retries=2))
     for attempt in (1, 2):
         table.apply(assign(1, [0], attempt=attempt))
-        retry = table.apply(FinishTasks(now_ms=1, finishes=(finish(1, 0, "crashed", attempt=attempt),)))
+        retry = table.apply(
+            FinishTasks(now_ms=1, finishes=(finish(1, 0, "crashed", attempt=attempt),))
+        )
         assert [(e.kind, e.indexes) for e in retry.events] == [("pending", (0,))]
     table.apply(assign(1, [0], attempt=3))
     final = table.apply(FinishTasks(now_ms=1, finishes=(finish(1, 0, "lost", attempt=3),)))
@@ -161,7 +184,9 @@ def test_tasks_added_in_order_complete_the_job() -> None:
     assert job is not None and job.state == "submitting"
     assert not table.apply(AddTasks(job_id(1), 3, (Payload(),))).succeeded, "out of order"
     added = table.apply(AddTasks(job_id(1), 2, (Payload(), Payload(), Payload())))
-    assert added.succeeded and [(e.kind, e.indexes) for e in added.events] == [("pending", (2, 3, 4))]
+    assert added.succeeded and [(e.kind, e.indexes) for e in added.events] == [
+        ("pending", (2, 3, 4))
+    ]
     assert job.state == "running"
     assert not table.apply(AddTasks(job_id(1), 5, (Payload(),))).succeeded, "over the total"
     table.apply(FinishTasks(now_ms=1, finishes=tuple(finish(1, i) for i in range(5))))
@@ -189,11 +214,17 @@ def test_forgetting_a_job_drops_its_references_and_unused_functions() -> None:
     table = TaskTable()
     command = msgspec.structs.replace(submit(1, 1), tasks=(Payload(object_id=OBJECT_A),))
     applied = table.apply(command)
-    assert applied.refs_added == [tasks.ref_key(OBJECT_A, job_id(1))]
-    result = Finish(job_id(1), 0, 1, "n1", "ok", Payload(object_id=OBJECT_B))
-    assert table.apply(FinishTasks(now_ms=1, finishes=(result,))).refs_added == [tasks.ref_key(OBJECT_B, job_id(1))]
+    assert applied.puts == [(tasks.ref_key(OBJECT_A, job_id(1)), b"")]
+    result = Finish(job_id(1), 0, 1, "n1", "ok", Payload(object_id=OBJECT_B, size=123))
+    record = objects.ObjectRecord(size=123, touched_ms=7)
+    assert table.apply(FinishTasks(now_ms=7, finishes=(result,))).puts == [
+        (objects.OBJECT_KEY_PREFIX + OBJECT_B.encode(), objects.encode_record(record)),
+        (tasks.ref_key(OBJECT_B, job_id(1)), b""),
+    ], "a result object is recorded and referenced"
     forgotten = table.apply(ForgetJob(job_id(1)))
-    assert sorted(forgotten.refs_removed) == sorted([tasks.ref_key(OBJECT_A, job_id(1)), tasks.ref_key(OBJECT_B, job_id(1))])
+    assert sorted(forgotten.deletes) == sorted(
+        [tasks.ref_key(OBJECT_A, job_id(1)), tasks.ref_key(OBJECT_B, job_id(1))]
+    )
     assert table.job(job_id(1)) is None and table.function(FUNCTION_HASH) is None
     assert not table.apply(ForgetJob(job_id(1))).succeeded
 
@@ -204,14 +235,19 @@ def test_the_oldest_finished_jobs_are_forgotten_beyond_the_cap() -> None:
         table.apply(submit(number, 1))
     for number in (2, 1, 4):
         applied = table.apply(FinishTasks(now_ms=number, finishes=(finish(number, 0),)))
-    assert [event.state for event in applied.events if event.kind == "job"] == ["finished", "forgotten"]
+    assert [event.state for event in applied.events if event.kind == "job"] == [
+        "finished",
+        "forgotten",
+    ]
     assert [job.job_id for job in table.jobs()] == [job_id(1), job_id(3), job_id(4)]
     assert table.function(FUNCTION_HASH) is not None, "jobs still use the function"
 
 
 def test_the_table_lives_in_the_kv_state_with_its_references_and_snapshots() -> None:
     state = kv.KvState()
-    command = msgspec.structs.replace(submit(1, 2), tasks=(Payload(object_id=OBJECT_A), Payload(inline=b"x")))
+    command = msgspec.structs.replace(
+        submit(1, 2), tasks=(Payload(object_id=OBJECT_A), Payload(inline=b"x"))
+    )
     proposals = (
         kv.Proposal("client-1", 1, 0, command),
         kv.Proposal("scheduler", 1, 0, assign(1, [0, 1])),
@@ -220,7 +256,10 @@ def test_the_table_lives_in_the_kv_state_with_its_references_and_snapshots() -> 
     answers = state.apply(1, kv.encode_batch(kv.Batch(proposals)))
     assert [result.succeeded for _, _, result in answers] == [True, True, True]
     assert state.get(tasks.ref_key(OBJECT_A, job_id(1))) is not None
-    assert [(e.kind, e.indexes) for e in state.take_task_events()] == [("pending", (0, 1)), ("finished", (0,))]
+    assert [(e.kind, e.indexes) for e in state.take_task_events()] == [
+        ("pending", (0, 1)),
+        ("finished", (0,)),
+    ]
     assert state.take_task_events() == []
     image = state.snapshot()
     restored = kv.KvState.restore(image)

@@ -1,0 +1,774 @@
+"""Durable tasks on one node: the leader's scheduler, the worker, and clients' job watches.
+
+Every node plays up to three parts, all driven by the task table that the
+Raft log replicates (``moot.core.tasks``):
+
+- **Leader** (while this node leads and has applied its predecessors'
+  entries): a ``moot.core.scheduler.Scheduler`` rebuilt from the table,
+  fed by the table's events. Its dispatches go out as ``RunTasks`` at once
+  and are recorded (``AssignTasks``) in the same group commit as whatever
+  else is pending; workers' results (``TasksDone``) free capacity at once
+  and are proposed as ``FinishTasks`` batches. Losses — a worker node that
+  left, a run its node's report does not mention — are proposed as
+  ``lost`` finishes, which the table retries.
+- **Worker** (``--cpus`` > 0): runs what the leader sends in its
+  ``WorkerPool``, isolated processes; keeps each outcome in an outbox and
+  sends it to whoever leads until its own copy of the table shows the task
+  finished (so a leader change loses nothing); reports its runs every
+  ``REPORT_INTERVAL_S``. Results over ``tasks.PAYLOAD_INLINE_BYTES_MAX``
+  go to the object store (R replicas) before they are reported.
+- **Watches** (any node): a client's ``JobWatch`` gets the job's finished
+  tasks from this node's table — what it has, then each as it applies —
+  so a client whose node dies re-watches elsewhere from its last seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from moot.core import scheduler as scheduling
+from moot.core import tasks, wire
+from moot.core.scheduler import Scheduler, WorkerNode
+from moot.runtime.kv_service import KvService
+from moot.runtime.logs import StructuredLogger, log_event
+from moot.runtime.object_service import ObjectError, ObjectService
+from moot.runtime.transport import Peer, Transport
+from moot.runtime.worker_pool import Outcome, PoolClosed, WorkerPool
+
+REPORT_INTERVAL_S: Final = 1.0  # a worker's report of its runs to the leader
+RESEND_AFTER_S: Final = 1.0  # an outcome not yet committed goes to the leader again after this
+HOUSEKEEPING_S: Final = 0.25  # the leader's look at membership and report deadlines
+FUNCTION_WAIT_S: Final = 10.0  # a run whose function this node cannot find yet waits this long
+EVENTS_BYTES_PER_MESSAGE: Final = (
+    4 * 1024 * 1024
+)  # one JobEvents frame stays well under the wire cap
+FINISHES_BYTES_PER_PROPOSAL: Final = 1024 * 1024  # one FinishTasks stays well under a Raft entry
+RUNS_PER_MESSAGE: Final = 2_000
+# Results are coalesced for this long before they go out (worker to leader)
+# and before they are proposed (leader to Raft): a few ms of latency buys a
+# message and a log entry per batch instead of per task (group commit).
+COALESCE_S: Final = 0.005
+FUNCTIONS_KEPT: Final = 256
+
+
+def monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class _Run:
+    attempt: int
+    task: asyncio.Task[None]
+
+
+@dataclass(slots=True)
+class _Watch:
+    peer: Peer
+    request_id: int
+    seq: int
+
+
+@dataclass(slots=True)
+class _Outbox:
+    finish: tasks.Finish
+    sent_at: float = 0.0
+
+
+@dataclass(slots=True)
+class TaskStats:
+    dispatched: int = 0
+    executed: int = 0
+    proposed_finishes: int = 0
+    lost: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class TaskService:
+    """Tasks on one node (see module doc)."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        transport: Transport,
+        kv: KvService,
+        objects: ObjectService,
+        address_of: Callable[[str], str | None],
+        workers_now: Callable[[], list[WorkerNode]],
+        logger: StructuredLogger,
+        cpus: int,
+        memory_limit_bytes: int | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.transport = transport
+        self.kv = kv
+        self.objects = objects
+        self.log = logger
+        self.cpus = cpus
+        self._address_of = address_of
+        self._workers_now = workers_now
+        self.pool = WorkerPool(cpus, memory_limit_bytes=memory_limit_bytes) if cpus > 0 else None
+        self.stats = TaskStats()
+        # leader
+        self.scheduler: Scheduler | None = None
+        self._term = 0
+        self._sent_functions: dict[str, set[str]] = {}  # node -> function hashes sent this term
+        self._finishes: list[tasks.Finish] = []  # results to propose
+        self._assignments: dict[str, list[tasks.Assignment]] = {}  # node -> to record
+        self._schedule_pending = False
+        self._propose_pending = False
+        # worker
+        self._runs: dict[tuple[str, int], _Run] = {}
+        self._outbox: dict[tuple[str, int, int], _Outbox] = {}
+        self._functions: dict[str, tasks.Payload] = {}  # hash -> function, as the leader sent it
+        self._flush_pending = False
+        self._applied = (
+            asyncio.Event()
+        )  # set on every apply: runs waiting for their function look again
+        # watches
+        self._watches: dict[
+            str, dict[tuple[str, int], _Watch]
+        ] = {}  # job -> (client address, request id) -> watch
+        self._background: set[asyncio.Task[Any]] = set()
+        kv.on_applied = self._on_applied
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.pool is not None:
+            # Tasks can ask where they run (workers inherit the environment).
+            os.environ["MOOT_NODE_ID"] = self.node_id
+            await self.pool.start()
+
+    async def run(self) -> None:
+        """Reports, resends and the leader's housekeeping, until cancelled."""
+        next_report = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= next_report:
+                next_report = now + REPORT_INTERVAL_S
+                self._report()
+                self._resend(now)
+            self._check_leadership()
+            if self.scheduler is not None:
+                self._housekeeping()
+            await asyncio.sleep(HOUSEKEEPING_S)  # a period, not a synchronisation
+
+    async def close(self) -> None:
+        for run in list(self._runs.values()):
+            run.task.cancel()
+        for task in list(self._background):
+            task.cancel()
+        if self.pool is not None:
+            await self.pool.close()
+
+    # -- inputs ---------------------------------------------------------------------
+
+    def on_peer_message(self, peer: Peer, message: wire.Message) -> None:
+        if isinstance(message, wire.RunTasks):
+            self._accept_runs(message)
+        elif isinstance(message, wire.TasksDone):
+            self._results_arrived(peer.node_id, message.finishes)
+        elif isinstance(message, wire.WorkerReport):
+            self._worker_report(peer.node_id, message)
+        elif isinstance(message, wire.StopTasks):
+            self._stop_runs(message.runs)
+
+    def on_client_request(self, peer: Peer, message: wire.Message) -> None:
+        if isinstance(message, wire.JobWatch):
+            self._watch(peer, message)
+        elif isinstance(message, wire.JobUnwatch):
+            for key in [
+                k for k in self._watches.get(message.job_id, {}) if k[0] == peer.remote_address
+            ]:
+                del self._watches[message.job_id][key]
+        elif isinstance(message, wire.JobQuery):
+            peer.reply(self._job_info(message))
+
+    def members_changed(self) -> None:
+        if self.scheduler is not None:
+            self._propose_lost(self.scheduler.set_nodes(self._workers_now()))
+            self._schedule_soon()
+
+    def _on_applied(self, events: list[tasks.TaskEvent], restored: bool) -> None:
+        self._applied.set()
+        self._applied = asyncio.Event()
+        table = self.kv.server.state.tasks
+        if restored:
+            self.scheduler = None  # rebuilt from the new table below, if we lead
+            self._check_outbox_all(table)
+            for job_id in list(self._watches):
+                self._push_watches(job_id)
+        self._check_leadership()
+        scheduler = self.scheduler
+        for event in events:
+            if event.kind == "pending":
+                job = table.job(event.job_id)
+                if scheduler is not None and job is not None:
+                    scheduler.add_pending(job, event.indexes)
+            elif event.kind == "finished":
+                if scheduler is not None:
+                    scheduler.settled(event.job_id, event.indexes)
+                self._check_outbox(event.job_id, event.indexes, table)
+                self._push_watches(event.job_id)
+            elif event.kind == "job":
+                if event.state in ("cancelled", "forgotten"):
+                    if scheduler is not None:
+                        self._stop_elsewhere(scheduler.job_gone(event.job_id))
+                    self._stop_job_here(event.job_id)
+                self._push_watches(event.job_id)
+        if scheduler is not None and events:
+            self._schedule_soon()
+
+    # -- leader ---------------------------------------------------------------------
+
+    def _check_leadership(self) -> None:
+        raft = self.kv.server.raft
+        if not self.kv.leader_ready():
+            if self.scheduler is not None and raft.role != "leader":
+                log_event(self.log, logging.INFO, "scheduler_stopped", term=self._term)
+                self.scheduler = None
+                self._finishes.clear()
+                self._assignments.clear()
+            return
+        if self.scheduler is not None and self._term == raft.term:
+            return
+        self._term = raft.term
+        scheduler = Scheduler(term=raft.term)
+        self._propose_lost(scheduler.set_nodes(self._workers_now()))
+        scheduler.adopt(self.kv.server.state.tasks, monotonic_ms())
+        self.scheduler = scheduler
+        self._sent_functions = {}
+        log_event(
+            self.log,
+            logging.INFO,
+            "scheduler_started",
+            term=raft.term,
+            pending=scheduler.pending_count,
+            running=scheduler.running_count,
+        )
+        self._schedule_soon()
+
+    def _housekeeping(self) -> None:
+        scheduler = self.scheduler
+        assert scheduler is not None
+        self._propose_lost(scheduler.set_nodes(self._workers_now()))
+        self._schedule_soon()
+
+    def _schedule_soon(self) -> None:
+        if not self._schedule_pending:
+            self._schedule_pending = True
+            asyncio.get_running_loop().call_soon(self._schedule)
+
+    def _schedule(self) -> None:
+        self._schedule_pending = False
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        table = self.kv.server.state.tasks
+        for dispatch in scheduler.schedule(monotonic_ms()):
+            runs: list[wire.RunTask] = []
+            functions: dict[str, wire.FunctionBlob] = {}
+            sent = self._sent_functions.setdefault(dispatch.node_id, set())
+            for job_id, index, attempt in dispatch.tasks:
+                job = table.job(job_id)
+                if job is None:
+                    continue
+                spec = job.spec
+                runs.append(
+                    wire.RunTask(
+                        job_id,
+                        index,
+                        attempt,
+                        spec.function_hash,
+                        job.tasks[index].args,
+                        spec.timeout_ms,
+                    )
+                )
+                if spec.function_hash not in sent:
+                    function = table.function(spec.function_hash)
+                    if function is not None:
+                        functions[spec.function_hash] = wire.FunctionBlob(
+                            spec.function_hash, function
+                        )
+                        sent.add(spec.function_hash)
+                self._assignments.setdefault(dispatch.node_id, []).append(
+                    tasks.Assignment(job_id, index, attempt)
+                )
+            self.stats.dispatched += len(runs)
+            for start in range(0, len(runs), RUNS_PER_MESSAGE):
+                message = wire.RunTasks(
+                    term=self._term,
+                    runs=tuple(runs[start : start + RUNS_PER_MESSAGE]),
+                    functions=tuple(functions.values()) if start == 0 else (),
+                )
+                self._send_to(dispatch.node_id, message)
+        self._propose_soon()
+
+    def _send_to(self, node_id: str, message: wire.Message) -> None:
+        if node_id == self.node_id:
+            if isinstance(message, wire.RunTasks):
+                self._accept_runs(message)
+            elif isinstance(message, wire.StopTasks):
+                self._stop_runs(message.runs)
+            return
+        address = self._address_of(node_id)
+        if address is not None:
+            self.transport.send(address, message)
+
+    def _results_arrived(self, node_id: str, finishes: Sequence[tasks.Finish]) -> None:
+        scheduler = self.scheduler
+        if scheduler is None:
+            return  # not the leader (any more): the worker sends them again to the next one
+        for finish in finishes:
+            scheduler.completed(node_id, finish.job_id, finish.index, finish.attempt, run_ms=finish.duration_ms)
+        self._finishes.extend(finishes)
+        self._propose_soon()
+        self._schedule_soon()
+
+    def _worker_report(self, node_id: str, report: wire.WorkerReport) -> None:
+        if self.scheduler is None:
+            return
+        runs = [(run.job_id, run.index, run.attempt) for run in report.runs]
+        self._propose_lost(self.scheduler.report(node_id, runs, monotonic_ms()))
+
+    def _propose_lost(self, lost: Sequence[scheduling.Lost]) -> None:
+        if not lost:
+            return
+        self.stats.lost += len(lost)
+        for item in lost:
+            self._finishes.append(
+                tasks.Finish(
+                    job_id=item.job_id,
+                    index=item.index,
+                    attempt=item.attempt,
+                    node=item.node_id,
+                    kind="lost",
+                    error_type="WorkerLost",
+                    error_message=f"node {item.node_id} left or lost the task while it ran",
+                )
+            )
+        log_event(
+            self.log,
+            logging.WARNING,
+            "tasks_lost",
+            count=len(lost),
+            nodes=sorted({i.node_id for i in lost}),
+        )
+        self._propose_soon()
+        self._schedule_soon()
+
+    def _propose_soon(self) -> None:
+        if not self._propose_pending and (self._finishes or self._assignments):
+            self._propose_pending = True
+            asyncio.get_running_loop().call_later(COALESCE_S, self._propose)
+
+    def _propose(self) -> None:
+        """Hand the queued records to Raft: they ride in the next group commit."""
+        self._propose_pending = False
+        if self.scheduler is None:
+            self._finishes.clear()
+            self._assignments.clear()
+            return
+        assignments, self._assignments = self._assignments, {}
+        for node_id, items in assignments.items():
+            for start in range(0, len(items), tasks.TASKS_PER_COMMAND_MAX):
+                self._spawn(
+                    self.kv.write_internal(
+                        tasks.AssignTasks(
+                            node_id, tuple(items[start : start + tasks.TASKS_PER_COMMAND_MAX])
+                        )
+                    )
+                )
+        finishes, self._finishes = self._finishes, []
+        batch: list[tasks.Finish] = []
+        size = 0
+        for finish in finishes:
+            cost = (
+                len(finish.value.inline) + len(finish.traceback) + len(finish.error_message) + 200
+            )
+            if batch and (
+                size + cost > FINISHES_BYTES_PER_PROPOSAL
+                or len(batch) >= tasks.TASKS_PER_COMMAND_MAX
+            ):
+                self._spawn(
+                    self.kv.write_internal(
+                        tasks.FinishTasks(now_ms=wall_ms(), finishes=tuple(batch))
+                    )
+                )
+                batch, size = [], 0
+            batch.append(finish)
+            size += cost
+        if batch:
+            self._spawn(
+                self.kv.write_internal(tasks.FinishTasks(now_ms=wall_ms(), finishes=tuple(batch)))
+            )
+        self.stats.proposed_finishes += len(finishes)
+
+    def _stop_elsewhere(self, runs: Sequence[tuple[str, int, int, str]]) -> None:
+        by_node: dict[str, list[wire.RunRef]] = {}
+        for job_id, index, attempt, node_id in runs:
+            by_node.setdefault(node_id, []).append(wire.RunRef(job_id, index, attempt))
+        for node_id, refs in by_node.items():
+            self._send_to(node_id, wire.StopTasks(runs=tuple(refs)))
+
+    # -- worker -----------------------------------------------------------------------
+
+    def _accept_runs(self, message: wire.RunTasks) -> None:
+        for blob in message.functions:
+            self._functions.pop(blob.function_hash, None)
+            self._functions[blob.function_hash] = blob.function
+            if len(self._functions) > FUNCTIONS_KEPT:
+                del self._functions[next(iter(self._functions))]
+        if self.pool is None:
+            # We run nothing (--cpus 0): say so at once, the table retries elsewhere.
+            for run in message.runs:
+                self._outcome(
+                    run,
+                    tasks.Finish(
+                        run.job_id,
+                        run.index,
+                        run.attempt,
+                        self.node_id,
+                        "lost",
+                        error_type="WorkerLost",
+                        error_message="this node runs no tasks (--cpus 0)",
+                    ),
+                )
+            return
+        for run in message.runs:
+            key = (run.job_id, run.index)
+            current = self._runs.get(key)
+            if current is not None:
+                if current.attempt >= run.attempt:
+                    continue
+                current.task.cancel()  # an older attempt of the same task: the newer one wins
+            self._runs[key] = _Run(run.attempt, asyncio.ensure_future(self._execute(run)))
+
+    async def _execute(self, run: wire.RunTask) -> None:
+        key = (run.job_id, run.index)
+        try:
+            finish = await self._run_one(run)
+        except asyncio.CancelledError:
+            current = self._runs.get(key)
+            if current is not None and current.attempt == run.attempt:
+                del self._runs[key]
+            raise
+        current = self._runs.get(key)
+        if current is not None and current.attempt == run.attempt:
+            del self._runs[key]
+        self._outcome(run, finish)
+
+    async def _run_one(self, run: wire.RunTask) -> tasks.Finish:
+        assert self.pool is not None
+
+        def failed(kind: tasks.FinishKind, error_type: str, message: str) -> tasks.Finish:
+            return tasks.Finish(
+                run.job_id,
+                run.index,
+                run.attempt,
+                self.node_id,
+                kind,
+                error_type=error_type,
+                error_message=message[: tasks.ERROR_TEXT_CHARS_MAX],
+            )
+
+        try:
+            function = await self._function_bytes(run.function_hash)
+            arguments = await self._payload_bytes(run.args)
+        except ObjectError as error:
+            return failed(
+                "lost",
+                "WorkerLost",
+                f"node {self.node_id} could not fetch the task's inputs: {error}",
+            )
+        if function is None:
+            return failed(
+                "lost", "WorkerLost", f"node {self.node_id} does not have the job's function yet"
+            )
+        timeout_s = run.timeout_ms / 1000 if run.timeout_ms else None
+        try:
+            outcome = await self.pool.run(
+                f"{run.job_id}/{run.index}",
+                arguments,
+                timeout_s=timeout_s,
+                function=(run.function_hash, function),
+            )
+        except PoolClosed:
+            raise asyncio.CancelledError from None
+        except Exception as error:  # queue full, task too large: the run fails; the table decides
+            return failed("error", type(error).__name__, str(error))
+        self.stats.executed += 1
+        self.stats.by_kind[outcome.kind] = self.stats.by_kind.get(outcome.kind, 0) + 1
+        return await self._finish_of(run, outcome)
+
+    async def _finish_of(self, run: wire.RunTask, outcome: Outcome) -> tasks.Finish:
+        kind: tasks.FinishKind = outcome.kind
+        data = outcome.result if outcome.kind == "ok" else outcome.exception
+        value = tasks.Payload(inline=data)
+        if len(data) > tasks.PAYLOAD_INLINE_BYTES_MAX:
+            if outcome.kind != "ok":
+                value = tasks.Payload()  # an exception too large to keep: its text still travels
+            else:
+                try:
+                    object_id = await self.objects.put_object(data)
+                except ObjectError as error:
+                    return tasks.Finish(
+                        run.job_id,
+                        run.index,
+                        run.attempt,
+                        self.node_id,
+                        "lost",
+                        error_type="WorkerLost",
+                        error_message=f"could not store the result: {error}",
+                    )
+                value = tasks.Payload(object_id=object_id, size=len(data))
+        error_type = outcome.error_type
+        if outcome.kind == "crashed" and outcome.exit_code is not None:
+            error_type = "WorkerCrashed"
+        return tasks.Finish(
+            job_id=run.job_id,
+            index=run.index,
+            attempt=run.attempt,
+            node=self.node_id,
+            kind=kind,
+            value=value,
+            error_type=error_type[: tasks.NAME_CHARS_MAX],
+            error_message=outcome.error_message[: tasks.ERROR_TEXT_CHARS_MAX],
+            traceback=outcome.traceback[-tasks.ERROR_TEXT_CHARS_MAX :],
+            duration_ms=int(outcome.duration_s * 1000),
+        )
+
+    async def _function_bytes(self, function_hash: str) -> bytes | None:
+        deadline = time.monotonic() + FUNCTION_WAIT_S
+        while True:
+            payload = self._functions.get(function_hash) or self.kv.server.state.tasks.function(
+                function_hash
+            )
+            if payload is not None:
+                return await self._payload_bytes(payload)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._applied.wait()  # our table may bring it
+
+    async def _payload_bytes(self, payload: tasks.Payload) -> bytes:
+        if payload.object_id:
+            return await self.objects.read_object(payload.object_id)
+        return payload.inline
+
+    def _outcome(self, run: wire.RunTask, finish: tasks.Finish) -> None:
+        self._outbox[(run.job_id, run.index, run.attempt)] = _Outbox(finish)
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_later(COALESCE_S, self._flush_outbox)
+
+    def _flush_outbox(self) -> None:
+        """Send the outcomes not sent yet to the leader (a batch per round)."""
+        self._flush_pending = False
+        now = time.monotonic()
+        fresh = [entry for entry in self._outbox.values() if entry.sent_at == 0.0]
+        self._send_finishes(fresh, now)
+
+    def _resend(self, now: float) -> None:
+        stale = [entry for entry in self._outbox.values() if now - entry.sent_at >= RESEND_AFTER_S]
+        self._send_finishes(stale, now)
+
+    def _send_finishes(self, entries: list[_Outbox], now: float) -> None:
+        if not entries:
+            return
+        leader = self.kv.server.raft.leader_id
+        if leader is None:
+            return  # no leader now: the resend timer tries again
+        for entry in entries:
+            entry.sent_at = now
+        batch: list[tasks.Finish] = []
+        size = 0
+        for entry in entries:
+            cost = len(entry.finish.value.inline) + len(entry.finish.traceback) + 200
+            if batch and (
+                size + cost > FINISHES_BYTES_PER_PROPOSAL
+                or len(batch) >= wire.TASKS_PER_MESSAGE_MAX
+            ):
+                self._deliver_finishes(leader, batch)
+                batch, size = [], 0
+            batch.append(entry.finish)
+            size += cost
+        if batch:
+            self._deliver_finishes(leader, batch)
+
+    def _deliver_finishes(self, leader: str, finishes: list[tasks.Finish]) -> None:
+        if leader == self.node_id:
+            self._results_arrived(self.node_id, finishes)
+        else:
+            address = self._address_of(leader)
+            if address is not None:
+                self.transport.send(address, wire.TasksDone(finishes=tuple(finishes)))
+
+    def _check_outbox(self, job_id: str, indexes: Sequence[int], table: tasks.TaskTable) -> None:
+        """Outcomes whose task the table now shows finished need no resending."""
+        if not self._outbox:
+            return
+        wanted = set(indexes)
+        for key in [k for k in self._outbox if k[0] == job_id and k[1] in wanted]:
+            task = table.task(key[0], key[1])
+            if task is None or task.state not in ("pending", "running"):
+                del self._outbox[key]
+
+    def _check_outbox_all(self, table: tasks.TaskTable) -> None:
+        for key in list(self._outbox):
+            task = table.task(key[0], key[1])
+            if task is None or task.state not in ("pending", "running"):
+                del self._outbox[key]
+
+    def _report(self) -> None:
+        leader = self.kv.server.raft.leader_id
+        if leader is None or self.pool is None:
+            return
+        runs = [wire.RunRef(job, index, run.attempt) for (job, index), run in self._runs.items()]
+        runs += [wire.RunRef(job, index, attempt) for (job, index, attempt) in self._outbox]
+        report = wire.WorkerReport(runs=tuple(runs))
+        if leader == self.node_id:
+            self._worker_report(self.node_id, report)
+        else:
+            address = self._address_of(leader)
+            if address is not None:
+                self.transport.send(address, report)
+
+    def _stop_runs(self, refs: Sequence[wire.RunRef]) -> None:
+        for ref in refs:
+            run = self._runs.get((ref.job_id, ref.index))
+            if run is not None and run.attempt == ref.attempt:
+                run.task.cancel()  # the pool kills the worker process running it
+
+    def _stop_job_here(self, job_id: str) -> None:
+        for (job, _), run in list(self._runs.items()):
+            if job == job_id:
+                run.task.cancel()
+        for key in [k for k in self._outbox if k[0] == job_id]:
+            del self._outbox[key]
+
+    # -- watches ---------------------------------------------------------------------
+
+    def _watch(self, peer: Peer, message: wire.JobWatch) -> None:
+        watch = _Watch(peer, message.request_id, message.since_seq)
+        self._watches.setdefault(message.job_id, {})[(peer.remote_address, message.request_id)] = (
+            watch
+        )
+        self._push_watch(message.job_id, watch, always=True)
+
+    def _push_watches(self, job_id: str) -> None:
+        watches = self._watches.get(job_id)
+        if not watches:
+            return
+        for key, watch in list(watches.items()):
+            if not self._push_watch(job_id, watch, always=False):
+                del watches[key]
+        if not watches:
+            del self._watches[job_id]
+
+    def _push_watch(self, job_id: str, watch: _Watch, *, always: bool) -> bool:
+        """Send what the watcher has not seen; False if it is gone or done."""
+        table = self.kv.server.state.tasks
+        job = table.job(job_id)
+        if job is None:
+            return watch.peer.reply(
+                wire.JobEvents(request_id=watch.request_id, job_id=job_id, state="unknown")
+            )
+        results = [_result(index, task) for index, task in table.finished_since(job_id, watch.seq)]
+        if not results and not always:
+            return job.state not in ("finished", "cancelled")
+        batch: list[wire.TaskResult] = []
+        size = 0
+        for result in results:
+            cost = (
+                len(result.value.inline) + len(result.traceback) + len(result.error_message) + 100
+            )
+            if batch and (
+                size + cost > EVENTS_BYTES_PER_MESSAGE or len(batch) >= wire.TASKS_PER_MESSAGE_MAX
+            ):
+                if not watch.peer.reply(
+                    wire.JobEvents(watch.request_id, job_id, job.state, job.total, tuple(batch))
+                ):
+                    return False
+                batch, size = [], 0
+            batch.append(result)
+            size += cost
+        if not watch.peer.reply(
+            wire.JobEvents(watch.request_id, job_id, job.state, job.total, tuple(batch))
+        ):
+            return False
+        if results:
+            watch.seq = results[-1].seq
+        return job.state not in ("finished", "cancelled") or watch.seq < job.seq
+
+    def _job_info(self, query: wire.JobQuery) -> wire.JobInfo:
+        table = self.kv.server.state.tasks
+        if query.job_id:
+            job = table.job(query.job_id)
+            jobs = [job] if job is not None else []
+        else:
+            jobs = list(table.jobs())
+        workers = self._workers_now()
+        summaries = []
+        for job in jobs:
+            counts: dict[str, int] = {}
+            for task in job.tasks:
+                counts[task.state] = counts.get(task.state, 0) + 1
+            blocked = ""
+            if job.state in ("submitting", "running") and counts.get("pending"):
+                blocked = scheduling.blocked_reason(job.spec, workers)
+            summaries.append(
+                wire.JobSummary(
+                    job_id=job.job_id,
+                    name=job.spec.name,
+                    state=job.state,
+                    total=job.total,
+                    done=counts.get("done", 0),
+                    failed=counts.get("failed", 0),
+                    cancelled=counts.get("cancelled", 0),
+                    running=counts.get("running", 0),
+                    pending=counts.get("pending", 0) + job.total - len(job.tasks),
+                    commits=job.commits,
+                    duplicates=job.duplicates,
+                    submitted_ms=job.submitted_ms,
+                    finished_ms=job.finished_ms,
+                    owner=job.spec.owner,
+                    blocked=wire.reason(blocked),
+                )
+            )
+        return wire.JobInfo(request_id=query.request_id, jobs=tuple(summaries))
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _result(index: int, task: tasks.TaskRecord) -> wire.TaskResult:
+    return wire.TaskResult(
+        index=index,
+        seq=task.seq,
+        state=task.state,
+        kind=task.kind,
+        value=task.value,
+        error_type=task.error_type,
+        error_message=task.error_message,
+        traceback=task.traceback,
+        node=task.node,
+    )
