@@ -164,13 +164,23 @@ class LocalFederation:
         return self
 
     def wait_for_voters(self, count: int, *, timeout_s: float = START_TIMEOUT_S) -> int:
-        """Wait until the leader's configuration has ``count`` voters, no
-        learners, and a majority of them follow it; returns the leader's index."""
+        """Wait until the leader's configuration has ``count`` voters, all of
+        them running nodes of this federation, and no learners; returns the
+        leader's index. (After a kill, the voter set has healed once this
+        returns: one more voter may die without losing the majority.)"""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             index = self.leader(timeout_s=max(0.1, deadline - time.monotonic()))
-            status = self.statuses().get(index)
-            if status is not None and status.role == "leader" and len(status.voters) == count and not status.learners:
+            statuses = self.statuses()
+            status = statuses.get(index)
+            running = {s.node_id for i, s in statuses.items() if self.nodes[i].alive}
+            if (
+                status is not None
+                and status.role == "leader"
+                and len(status.voters) == count
+                and not status.learners
+                and set(status.voters) <= running
+            ):
                 return index
             time.sleep(0.05)  # polling the voter set with a deadline
         raise LocalError(f"the database did not reach {count} voters within {timeout_s:.0f}s; logs in {self.directory}")

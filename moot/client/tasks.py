@@ -98,8 +98,12 @@ class Future(concurrent.futures.Future[Any]):
         is cancelled, the job is cancelled in the federation (running tasks
         are killed)."""
         cancelled = super().cancel()
-        if cancelled and not self._cancelled_by_job:
-            self._owner._future_cancelled(self)
+        if cancelled:
+            # As an executor's worker would: wake ``wait``/``as_completed``
+            # (they count a cancelled future as done only once notified).
+            self.set_running_or_notify_cancel()
+            if not self._cancelled_by_job:
+                self._owner._future_cancelled(self)
         return cancelled
 
     def __repr__(self) -> str:

@@ -272,7 +272,7 @@ def test_a_job_finishes_exactly_once_while_the_leader_the_clients_node_and_a_wor
             wait_done(250)
             fed.kill(clients_node)  # the node the client submitted through and watches through
             assert done() < count, "the job must still run when the client's node dies"
-            fed.wait_for_voters(3, timeout_s=60)  # 3 live voters: one more may die
+            fed.wait_for_voters(3, timeout_s=60)  # 3 voters, all running: one more may die
             wait_done(500)
             worker = next(i for i in range(5) if fed.nodes[i].alive and i != fed.leader())
             fed.kill(worker)  # one more worker, with tasks in hand
