@@ -30,8 +30,10 @@ one result is kept — write tasks that can be repeated (idempotent).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import itertools
 import pickle
@@ -43,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import cloudpickle
+import msgspec
 
 from moot.client.errors import (
     BadRequest,
@@ -70,6 +73,8 @@ WATCH_KEEPALIVE_S: Final = 2.0  # a silent watch connection is checked this ofte
 WATCH_ATTEMPT_TIMEOUT_S: Final = 3.0
 WATCH_RETRY_S: Final = 0.2
 MAX_RETRIES_DEFAULT: Final = 3
+SUBMITS_IN_FLIGHT: Final = 2  # job writes outstanding per client; the rest batch up behind them
+JOBS_PER_SUBMIT_BATCH: Final = 2_000
 CLOSE_WAIT_S: Final = 10.0  # close() waits this long for jobs still being written
 
 
@@ -196,6 +201,24 @@ class Job:
 # -- the client side -------------------------------------------------------------------
 
 
+class _Queued:
+    """A job waiting for its write."""
+
+    __slots__ = ("function_bytes", "packed", "size", "spec", "state")
+
+    def __init__(self, state: _JobState, spec: tasks.JobSpec, function_bytes: bytes, packed: list[bytes]) -> None:
+        self.state = state
+        self.spec = spec
+        self.function_bytes = function_bytes
+        self.packed = packed
+        self.size = sum(len(data) + 80 for data in packed) + 300
+
+    @property
+    def big(self) -> bool:
+        """Written alone: many tasks, or a large argument (object store)."""
+        return len(self.packed) > 1 or self.size > SUBMIT_BYTES_PER_COMMAND // 4
+
+
 @dataclass(frozen=True, slots=True)
 class _Options:
     retries: int = 0
@@ -218,6 +241,8 @@ class TaskClient:
         self._connection: ClientConnection | None = None
         self._request_ids = itertools.count(1)
         self._wake_watcher: asyncio.Event | None = None
+        self._submit_queue: collections.deque[_Queued] = collections.deque()
+        self._submits_in_flight = 0
         self.watch_failovers = 0
         """How many times the job watch moved to another node."""
 
@@ -316,14 +341,36 @@ class TaskClient:
     async def _start(
         self, state: _JobState, spec: tasks.JobSpec, function_bytes: bytes, packed: list[bytes]
     ) -> None:
-        """Register the job here, then write it to the database in the
-        background: ``submit`` returns at once, its futures fail if the
-        job cannot be written."""
+        """Register the job here and queue its write: ``submit`` returns at
+        once; the writes go out in batches (one ``SubmitJobs`` for many
+        small jobs), at most ``SUBMITS_IN_FLIGHT`` at a time, so a loop of
+        submits costs a few Raft rounds, not one each. The futures fail if
+        the job cannot be written."""
         self._jobs[state.job_id] = state
-        state.submitted = asyncio.ensure_future(
-            self._write_job(state, spec, function_bytes, packed)
-        )
+        state.submitted = asyncio.get_running_loop().create_future()
         state.submitted.add_done_callback(lambda done: self._after_write(state, done))
+        self._submit_queue.append(_Queued(state, spec, function_bytes, packed))
+        self._pump_submits()
+
+    def _pump_submits(self) -> None:
+        while self._submits_in_flight < SUBMITS_IN_FLIGHT and self._submit_queue:
+            batch = [self._submit_queue.popleft()]
+            if batch[0].big:
+                write = self._write_one(batch[0])
+            else:
+                size = batch[0].size
+                while (
+                    self._submit_queue
+                    and not self._submit_queue[0].big
+                    and len(batch) < JOBS_PER_SUBMIT_BATCH
+                    and size + self._submit_queue[0].size <= SUBMIT_BYTES_PER_COMMAND
+                ):
+                    size += self._submit_queue[0].size
+                    batch.append(self._submit_queue.popleft())
+                write = self._write_many(batch) if len(batch) > 1 else self._write_one(batch[0])
+            self._submits_in_flight += 1
+            task = asyncio.ensure_future(write)
+            task.add_done_callback(functools.partial(self._batch_written, batch))
 
     def _after_write(self, state: _JobState, done: asyncio.Future[None]) -> None:
         error = None if done.cancelled() else done.exception()
@@ -341,6 +388,60 @@ class TaskClient:
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
                     future.set_exception(failure)
         self._jobs.pop(state.job_id, None)
+
+    def _batch_written(self, batch: list[_Queued], done: asyncio.Future[None]) -> None:
+        self._submits_in_flight -= 1
+        error = None if done.cancelled() else done.exception()
+        for item in batch:
+            submitted = item.state.submitted
+            if submitted is None or submitted.done():
+                continue
+            if done.cancelled():
+                submitted.cancel()
+            elif error is not None:
+                submitted.set_exception(error)
+            else:
+                submitted.set_result(None)
+        self._pump_submits()
+
+    async def _write_one(self, item: _Queued) -> None:
+        await self._write_job(item.state, item.spec, item.function_bytes, item.packed)
+
+    async def _write_many(self, batch: list[_Queued]) -> None:
+        """Several small jobs as one ``SubmitJobs``; their functions ride
+        with the first job that runs each (unless the federation has them)."""
+        jobs_without = []
+        for item in batch:
+            payloads = tuple([await self._payload(data) for data in item.packed])
+            jobs_without.append(
+                tasks.SubmitJob(
+                    job_id=item.state.job_id,
+                    spec=item.spec,
+                    total=len(payloads),
+                    now_ms=int(time.time() * 1000),
+                    tasks=payloads,
+                )
+            )
+        kv = self._client.kv
+        for attempt in range(2):
+            if attempt == 1:
+                # The federation forgot a function (every job that ran it was
+                # forgotten): send them all along this time.
+                for item in batch:
+                    self._functions_sent.discard(item.spec.function_hash)
+            attached: set[str] = set()
+            jobs = []
+            for item, job in zip(batch, jobs_without, strict=True):
+                function = None
+                if item.spec.function_hash not in attached:
+                    function = await self._function_payload(item.spec.function_hash, item.function_bytes)
+                    attached.add(item.spec.function_hash)
+                jobs.append(msgspec.structs.replace(job, function=function))
+            result = await kv._write_async(tasks.SubmitJobs(jobs=tuple(jobs)), follow_leader=True)
+            if result.succeeded:
+                self._functions_sent.update(item.spec.function_hash for item in batch)
+                return
+        raise BadRequest("the federation refused the jobs (a job id clash or a function that does not match its hash)")
 
     async def _write_job(
         self, state: _JobState, spec: tasks.JobSpec, function_bytes: bytes, packed: list[bytes]

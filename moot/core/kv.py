@@ -115,6 +115,7 @@ Command = (
     | Delete
     | Cas
     | tasks.SubmitJob
+    | tasks.SubmitJobs
     | tasks.AddTasks
     | tasks.AssignTasks
     | tasks.FinishTasks

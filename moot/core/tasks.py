@@ -124,6 +124,15 @@ class SubmitJob(msgspec.Struct, frozen=True, tag="job_submit", forbid_unknown_fi
     function: Payload | None = None
 
 
+class SubmitJobs(msgspec.Struct, frozen=True, tag="job_submit_many", forbid_unknown_fields=True):
+    """Several small jobs in one command (a client's loop of ``submit``s,
+    group-committed). All or nothing: if any job would be refused (an id
+    in use, a function neither kept nor sent in this batch) none is
+    submitted, and the answer is ``succeeded=False``."""
+
+    jobs: Annotated[tuple[SubmitJob, ...], msgspec.Meta(min_length=1, max_length=TASKS_PER_COMMAND_MAX)]
+
+
 class AddTasks(msgspec.Struct, frozen=True, tag="job_add", forbid_unknown_fields=True):
     """More tasks of a job, from index ``start`` (must be the next one)."""
 
@@ -176,8 +185,8 @@ class ForgetJob(msgspec.Struct, frozen=True, tag="job_forget", forbid_unknown_fi
     job_id: JobId
 
 
-TaskCommand = SubmitJob | AddTasks | AssignTasks | FinishTasks | CancelJob | ForgetJob
-TASK_COMMAND_TYPES: Final = (SubmitJob, AddTasks, AssignTasks, FinishTasks, CancelJob, ForgetJob)
+TaskCommand = SubmitJob | SubmitJobs | AddTasks | AssignTasks | FinishTasks | CancelJob | ForgetJob
+TASK_COMMAND_TYPES: Final = (SubmitJob, SubmitJobs, AddTasks, AssignTasks, FinishTasks, CancelJob, ForgetJob)
 
 
 # -- what the table keeps -------------------------------------------------------------
@@ -332,6 +341,8 @@ class TaskTable:
         """Apply one committed command (see module doc)."""
         if isinstance(command, SubmitJob):
             return self._submit(command)
+        if isinstance(command, SubmitJobs):
+            return self._submit_many(command.jobs)
         if isinstance(command, AddTasks):
             return self._add(command)
         if isinstance(command, AssignTasks):
@@ -370,6 +381,27 @@ class TaskTable:
             applied.puts.append((ref_key(function.object_id, command.job_id), b""))
         self._append_tasks(job, command.tasks, applied)
         return applied
+
+    def _submit_many(self, jobs: tuple[SubmitJob, ...]) -> Applied:
+        ids: set[str] = set()
+        functions: set[str] = set()
+        for job in jobs:
+            if job.job_id in self._jobs or job.job_id in ids or len(job.tasks) > job.total:
+                return Applied(False, detail=f"job {job.job_id} cannot be submitted (id in use, or too many tasks)")
+            ids.add(job.job_id)
+            known = job.spec.function_hash in self._functions or job.spec.function_hash in functions
+            if not known:
+                if job.function is None or not _function_matches(job.function, job.spec.function_hash):
+                    return Applied(False, detail="function unknown: send it with the first job that runs it")
+                functions.add(job.spec.function_hash)
+        merged = Applied(True)
+        for job in jobs:
+            applied = self._submit(job)
+            assert applied.succeeded, "checked above"
+            merged.events.extend(applied.events)
+            merged.puts.extend(applied.puts)
+            merged.deletes.extend(applied.deletes)
+        return merged
 
     def _add(self, command: AddTasks) -> Applied:
         job = self._jobs.get(command.job_id)

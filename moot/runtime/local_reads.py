@@ -80,7 +80,9 @@ class LocalChunkServer:
     def grant(self, request_id: int) -> wire.LocalAccessGrant:
         if self._listener is None:
             return wire.LocalAccessGrant(request_id=request_id)
-        return wire.LocalAccessGrant(request_id=request_id, socket=self.name.hex(), token=self.token)
+        return wire.LocalAccessGrant(
+            request_id=request_id, socket=self.name.hex(), token=self.token
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -108,7 +110,9 @@ class LocalChunkServer:
                     connection.close()
                     continue
                 self._connections.add(connection)
-            threading.Thread(target=self._serve, args=(connection,), name="moot-local-read", daemon=True).start()
+            threading.Thread(
+                target=self._serve, args=(connection,), name="moot-local-read", daemon=True
+            ).start()
 
     def _serve(self, connection: socket.socket) -> None:
         try:
@@ -117,10 +121,18 @@ class LocalChunkServer:
                 if request is None:
                     return
                 if not isinstance(request, wire.LocalOpen):
-                    _send(connection, wire.LocalOpened(error=f"expected LocalOpen, not {type(request).__name__}"))
+                    _send(
+                        connection,
+                        wire.LocalOpened(error=f"expected LocalOpen, not {type(request).__name__}"),
+                    )
                     return
                 if not hmac.compare_digest(request.token.encode(), self.token.encode()):
-                    _send(connection, wire.LocalOpened(error="wrong token: ask the node again over TLS (LocalAccess)"))
+                    _send(
+                        connection,
+                        wire.LocalOpened(
+                            error="wrong token: ask the node again over TLS (LocalAccess)"
+                        ),
+                    )
                     return
                 self._answer(connection, request.chunk_ids)
         except (OSError, LocalReadError):
@@ -181,7 +193,11 @@ class LocalChunkClient:
             except (OSError, LocalReadError) as error:
                 self._close_locked()
                 raise LocalReadError(f"the node's chunk socket failed: {error}") from error
-        if not isinstance(reply, wire.LocalOpened) or reply.error or sum(reply.present) != len(descriptors):
+        if (
+            not isinstance(reply, wire.LocalOpened)
+            or reply.error
+            or sum(reply.present) != len(descriptors)
+        ):
             for descriptor in descriptors:
                 os.close(descriptor)
             with self._lock:
@@ -222,7 +238,9 @@ def map_verified(chunk_id: str, descriptor: int, size: int) -> mmap.mmap | None:
     return mapping
 
 
-def _send(connection: socket.socket, message: wire.Message, descriptors: Sequence[int] = ()) -> None:
+def _send(
+    connection: socket.socket, message: wire.Message, descriptors: Sequence[int] = ()
+) -> None:
     frame = wire.encode_frame(message)
     if descriptors:
         sent = socket.send_fds(connection, [frame], list(descriptors))
@@ -250,12 +268,17 @@ def _receive(connection: socket.socket) -> wire.Message | None:
 def _receive_with_fds(connection: socket.socket) -> tuple[wire.Message, list[int]]:
     """One frame whose first bytes carry descriptors (``send_fds`` sends
     them with the first byte)."""
-    data, descriptors, _flags, _address = socket.recv_fds(connection, RECEIVE_BYTES_MAX, wire.LOCAL_FDS_PER_REPLY_MAX)
+    data, descriptors, _flags, _address = socket.recv_fds(
+        connection, RECEIVE_BYTES_MAX, wire.LOCAL_FDS_PER_REPLY_MAX
+    )
     try:
         if not data:
             raise LocalReadError("the node closed the chunk socket")
         while len(data) < wire.FRAME_HEADER_BYTES:
-            data += _receive_exactly(connection, wire.FRAME_HEADER_BYTES - len(data), allow_eof=False) or b""
+            data += (
+                _receive_exactly(connection, wire.FRAME_HEADER_BYTES - len(data), allow_eof=False)
+                or b""
+            )
         length = wire.frame_length(data[: wire.FRAME_HEADER_BYTES])
         missing = wire.FRAME_HEADER_BYTES + length - len(data)
         if missing < 0:

@@ -68,7 +68,9 @@ def test_a_client_gets_descriptors_of_held_chunks_and_none_for_the_rest(
         client.close()
 
 
-def test_a_chunk_file_that_does_not_match_its_id_is_not_mapped(store: ChunkStore, server: LocalChunkServer) -> None:
+def test_a_chunk_file_that_does_not_match_its_id_is_not_mapped(
+    store: ChunkStore, server: LocalChunkServer
+) -> None:
     chunk_id, data = chunk(4)
     store.put(chunk_id, data)
     path = next((store.root).rglob(chunk_id))
@@ -79,15 +81,21 @@ def test_a_chunk_file_that_does_not_match_its_id_is_not_mapped(store: ChunkStore
     try:
         [descriptor] = client.open([chunk_id])
         assert descriptor is not None
-        assert map_verified(chunk_id, descriptor, len(data)) is None, "bad bytes must never be returned"
+        assert map_verified(chunk_id, descriptor, len(data)) is None, (
+            "bad bytes must never be returned"
+        )
         [descriptor] = client.open([chunk_id])
         assert descriptor is not None
-        assert map_verified(chunk_id, descriptor, len(data) + 1) is None, "a size that differs is refused too"
+        assert map_verified(chunk_id, descriptor, len(data) + 1) is None, (
+            "a size that differs is refused too"
+        )
     finally:
         client.close()
 
 
-def test_a_wrong_token_is_refused_and_the_connection_closed(server: LocalChunkServer, store: ChunkStore) -> None:
+def test_a_wrong_token_is_refused_and_the_connection_closed(
+    server: LocalChunkServer, store: ChunkStore
+) -> None:
     chunk_id, data = chunk(5)
     store.put(chunk_id, data)
     grant = server.grant(1)
@@ -102,7 +110,9 @@ def test_a_wrong_token_is_refused_and_the_connection_closed(server: LocalChunkSe
 def test_a_client_elsewhere_or_after_close_gets_a_clear_error(server: LocalChunkServer) -> None:
     with pytest.raises(LocalReadError, match="offers no same-host socket"):
         LocalChunkClient(wire.LocalAccessGrant(request_id=1))
-    missing = wire.LocalAccessGrant(request_id=1, socket=(b"\0moot-chunks-nowhere").hex(), token="x")
+    missing = wire.LocalAccessGrant(
+        request_id=1, socket=(b"\0moot-chunks-nowhere").hex(), token="x"
+    )
     with pytest.raises(LocalReadError, match="not on the node's machine"):
         LocalChunkClient(missing)
     client = LocalChunkClient(server.grant(1))
@@ -111,7 +121,9 @@ def test_a_client_elsewhere_or_after_close_gets_a_clear_error(server: LocalChunk
         client.open([chunk(6)[0]])
 
 
-def test_garbage_on_the_socket_closes_that_connection_only(server: LocalChunkServer, store: ChunkStore) -> None:
+def test_garbage_on_the_socket_closes_that_connection_only(
+    server: LocalChunkServer, store: ChunkStore
+) -> None:
     chunk_id, data = chunk(7)
     store.put(chunk_id, data)
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

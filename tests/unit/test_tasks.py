@@ -290,3 +290,17 @@ def test_a_corrupt_table_snapshot_is_refused() -> None:
     image["functions"] = []
     with pytest.raises(ValueError, match="unknown function"):
         TaskTable.restore(msgspec.msgpack.encode(image))
+
+
+def test_many_small_jobs_in_one_command_all_or_nothing() -> None:
+    table = TaskTable()
+    batch = tasks.SubmitJobs(jobs=(submit(1, 1), submit(2, 1, with_function=False), submit(3, 2, with_function=False)))
+    applied = table.apply(batch)
+    assert applied.succeeded
+    assert [(e.job_id, e.indexes) for e in applied.events] == [(job_id(1), (0,)), (job_id(2), (0,)), (job_id(3), (0, 1))]
+    # One bad job refuses the whole batch: nothing of it is stored.
+    unknown = submit(5, 1, with_function=False, function_hash="d" * 64)
+    refused = table.apply(tasks.SubmitJobs(jobs=(submit(4, 1, with_function=False), unknown)))
+    assert not refused.succeeded and table.job(job_id(4)) is None
+    clash = table.apply(tasks.SubmitJobs(jobs=(submit(6, 1), submit(6, 1))))
+    assert not clash.succeeded and table.job(job_id(6)) is None
