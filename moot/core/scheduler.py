@@ -28,7 +28,8 @@ Rules:
 - **Attempts.** Every dispatch gets a fresh attempt id,
   ``term * 2**32 + n``: unique across leaders, so a failure report is
   charged only to the run it came from.
-- **Losses.** Tasks on a node that left the live set, and tasks a node's
+- **Losses.** Tasks on a node whose connection closed (at once: a killed
+  process's sockets close with it), on a node that left the live set, and tasks a node's
   report does not mention ``report_grace_ms`` after they were dispatched
   (the message was lost, or the node restarted), are returned as lost:
   the caller proposes them as ``lost`` finishes, and the table retries them.
@@ -53,6 +54,7 @@ WINDOW_MS_DEFAULT: Final = 50.0
 RUN_MS_WEIGHT: Final = 0.2  # the weight of the newest run time in a job's moving average
 RUN_TIMES_KEPT: Final = 10_000  # jobs whose run times are remembered (least recent out)
 REPORT_GRACE_MS_DEFAULT: Final = 3_000
+UNREACHABLE_MS_DEFAULT: Final = 5_000  # a node whose connection closed gets no tasks this long
 CPUS: Final = "cpus"
 LOCALITY_REPLICAS: Final = 3  # holders of an argument object considered local
 
@@ -125,6 +127,7 @@ class Scheduler:
         depth_max: int = DEPTH_MAX_DEFAULT,
         window_ms: float = WINDOW_MS_DEFAULT,
         report_grace_ms: int = REPORT_GRACE_MS_DEFAULT,
+        unreachable_ms: int = UNREACHABLE_MS_DEFAULT,
     ) -> None:
         if not 1 <= depth_min <= depth_max:
             raise ValueError(f"need 1 <= depth_min <= depth_max, not {depth_min}, {depth_max}")
@@ -134,6 +137,8 @@ class Scheduler:
         self._window_ms = window_ms
         self._run_ms: dict[str, float] = {}  # job -> moving average of its runs' time in a worker
         self._report_grace_ms = report_grace_ms
+        self._unreachable_ms = unreachable_ms
+        self._skip_until: dict[str, int] = {}
         self._nodes: dict[str, WorkerNode] = {}
         self._used: dict[str, dict[str, float]] = {}
         self._jobs: dict[str, _Job] = {}  # jobs with pending tasks
@@ -171,9 +176,23 @@ class Scheduler:
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def set_nodes(self, nodes: Iterable[WorkerNode]) -> list[Lost]:
-        """The live worker nodes now; the runs on nodes that are gone are lost."""
-        fresh = {node.node_id: node for node in nodes}
+    def node_unreachable(self, node_id: str, now_ms: int) -> list[Lost]:
+        """A worker node's connection closed: its runs are lost now (they
+        run again elsewhere; if the node was alive after all, first result
+        wins), and it gets nothing for ``unreachable_ms`` — membership takes
+        seconds to say whether it died."""
+        self._skip_until[node_id] = now_ms + self._unreachable_ms
+        if node_id not in self._nodes:
+            return []
+        return self.set_nodes([node for node in self._nodes.values() if node.node_id != node_id], now_ms)
+
+    def set_nodes(self, nodes: Iterable[WorkerNode], now_ms: int | None = None) -> list[Lost]:
+        """The live worker nodes now; the runs on nodes that are gone are lost.
+        (A node unreachable in the last ``unreachable_ms`` stays out.)"""
+        if now_ms is not None:
+            for skipped in [n for n, until in self._skip_until.items() if until <= now_ms]:
+                del self._skip_until[skipped]
+        fresh = {node.node_id: node for node in nodes if node.node_id not in self._skip_until}
         lost = []
         for key, run in list(self._running.items()):
             if run.node_id not in fresh:

@@ -392,6 +392,8 @@ class Node:
             self.kv.on_peer_lost(node_id)
         if self.objects is not None:
             self.objects.peer_lost(node_id)
+        if self.tasks is not None:
+            self.tasks.peer_lost(node_id)
 
     def _apply(self, out: Output) -> None:
         # Contract order: persist, then send, then notify.

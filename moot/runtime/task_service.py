@@ -198,7 +198,13 @@ class TaskService:
 
     def members_changed(self) -> None:
         if self.scheduler is not None:
-            self._propose_lost(self.scheduler.set_nodes(self._workers_now()))
+            self._propose_lost(self.scheduler.set_nodes(self._workers_now(), monotonic_ms()))
+            self._schedule_soon()
+
+    def peer_lost(self, node_id: str) -> None:
+        """A node's connection closed: the leader reschedules its runs now."""
+        if self.scheduler is not None and node_id != self.node_id:
+            self._propose_lost(self.scheduler.node_unreachable(node_id, monotonic_ms()))
             self._schedule_soon()
 
     def _on_applied(self, events: list[tasks.TaskEvent], restored: bool) -> None:
@@ -246,7 +252,7 @@ class TaskService:
             return
         self._term = raft.term
         scheduler = Scheduler(term=raft.term)
-        self._propose_lost(scheduler.set_nodes(self._workers_now()))
+        self._propose_lost(scheduler.set_nodes(self._workers_now(), monotonic_ms()))
         scheduler.adopt(self.kv.server.state.tasks, monotonic_ms())
         self.scheduler = scheduler
         self._sent_functions = {}
@@ -263,7 +269,7 @@ class TaskService:
     def _housekeeping(self) -> None:
         scheduler = self.scheduler
         assert scheduler is not None
-        self._propose_lost(scheduler.set_nodes(self._workers_now()))
+        self._propose_lost(scheduler.set_nodes(self._workers_now(), monotonic_ms()))
         self._schedule_soon()
 
     def _schedule_soon(self) -> None:

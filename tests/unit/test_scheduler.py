@@ -226,3 +226,23 @@ def test_short_tasks_are_queued_deeper_than_long_ones() -> None:
         scheduler.completed("a", job, index, attempt, run_ms=1.0 if job == job_id(1) else 5000.0)
     assert scheduler.depth(job_id(1)) == 50, "1 ms tasks: 50 ms of work per slot"
     assert scheduler.depth(job_id(2)) == 2, "5 s tasks: the minimum"
+
+
+def test_a_node_whose_connection_closed_loses_its_runs_at_once_and_waits_out_the_skip() -> None:
+    table = make_table((1, 6, {}))
+    scheduler = Scheduler(term=1, depth_min=1, depth_max=1, unreachable_ms=5000)
+    nodes = [WorkerNode("a", 2), WorkerNode("b", 2)]
+    scheduler.set_nodes(nodes, 0)
+    queue_all(scheduler, table)
+    on_b = next(d for d in scheduler.schedule(0) if d.node_id == "b")
+    lost = scheduler.node_unreachable("b", 100)
+    assert sorted((item.index, item.attempt) for item in lost) == sorted((i, a) for _, i, a in on_b.tasks)
+    assert scheduler.node_unreachable("b", 200) == [], "lost once"
+    scheduler.set_nodes(nodes, 1000)  # membership still lists b: it stays out for now
+    assert {d.node_id for d in scheduler.schedule(1000)} <= {"a"}
+    scheduler.set_nodes(nodes, 5200)
+    for item in lost:
+        record = table.job(item.job_id)
+        assert record is not None
+        scheduler.add_pending(record, [item.index])
+    assert "b" in {d.node_id for d in scheduler.schedule(5200)}, "after the skip, b gets tasks again"
