@@ -101,9 +101,12 @@ def run_moot(tasks: int) -> Result:
         result.throughput["map"] = tasks / timed(
             lambda: client.gather(client.map(noop, range(tasks)))
         )
-        result.throughput["submit loop"] = tasks / timed(
-            lambda: client.gather([client.submit(noop, i) for i in range(tasks)])
-        )
+        try:
+            result.throughput["submit loop"] = tasks / timed(
+                lambda: client.gather([client.submit(noop, i) for i in range(tasks)])
+            )
+        except moot.MootError as error:
+            result.notes.append(f"submit loop failed: {type(error).__name__}: {error}")
         samples = []
         for i in range(LATENCY_SAMPLES):
             samples.append(timed(lambda i=i: client.submit(noop, i).result()))  # type: ignore[misc]

@@ -133,6 +133,8 @@ class TaskService:
         self._outbox: dict[tuple[str, int, int], _Outbox] = {}
         self._functions: dict[str, tasks.Payload] = {}  # hash -> function, as the leader sent it
         self._flush_pending = False
+        self._last_flush_at = 0.0
+        self._last_propose_at = 0.0
         self._applied = (
             asyncio.Event()
         )  # set on every apply: runs waiting for their function look again
@@ -378,7 +380,7 @@ class TaskService:
     def _propose_soon(self) -> None:
         if not self._propose_pending and (self._finishes or self._assignments):
             self._propose_pending = True
-            asyncio.get_running_loop().call_later(COALESCE_S, self._propose)
+            self._last_propose_at = _call_paced(self._propose, self._last_propose_at)
 
     def _propose(self) -> None:
         """Hand the queued records to Raft: they ride in the next group commit."""
@@ -580,7 +582,7 @@ class TaskService:
         self._outbox[(run.job_id, run.index, run.attempt)] = _Outbox(finish)
         if not self._flush_pending:
             self._flush_pending = True
-            asyncio.get_running_loop().call_later(COALESCE_S, self._flush_outbox)
+            self._last_flush_at = _call_paced(self._flush_outbox, self._last_flush_at)
 
     def _flush_outbox(self) -> None:
         """Send the outcomes not sent yet to the leader (a batch per round)."""
@@ -764,6 +766,16 @@ class TaskService:
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _call_paced(callback: Callable[[], None], last_at: float) -> float:
+    """Run ``callback`` now if the last run was ``COALESCE_S`` ago or more,
+    else when that much has passed (what arrives meanwhile joins it): a lone
+    result goes at once, a stream of them goes in batches. When it will run."""
+    loop = asyncio.get_running_loop()
+    at = max(loop.time(), last_at + COALESCE_S)
+    loop.call_at(at, callback)
+    return at
 
 
 def _result(index: int, task: tasks.TaskRecord) -> wire.TaskResult:
