@@ -242,6 +242,7 @@ class TaskClient:
         self._request_ids = itertools.count(1)
         self._wake_watcher: asyncio.Event | None = None
         self._submit_queue: collections.deque[_Queued] = collections.deque()
+        self._outgoing: list[wire.Message] = []
         self._submits_in_flight = 0
         self.watch_failovers = 0
         """How many times the job watch moved to another node."""
@@ -661,8 +662,17 @@ class TaskClient:
         message = wire.JobWatch(
             request_id=state.request_id, job_id=state.job_id, since_seq=state.seq
         )
-        task = asyncio.ensure_future(connection.send(message))
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._outgoing.append(message)
+        if len(self._outgoing) == 1:
+            # One write for every watch asked in this loop iteration (a loop
+            # of submits asks for thousands).
+            asyncio.get_running_loop().call_soon(self._flush_outgoing, connection)
+
+    def _flush_outgoing(self, connection: ClientConnection) -> None:
+        messages, self._outgoing = self._outgoing, []
+        if messages and not connection.closed:
+            task = asyncio.ensure_future(connection.send_many(messages))
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     async def _watch_loop(self) -> None:
         """Keep one watch connection open while any job is unfinished; move to
@@ -742,7 +752,9 @@ class TaskClient:
         state.done = True
         self._jobs.pop(state.job_id, None)
         connection = self._connection
-        if connection is not None and not connection.closed:
+        if state.cancelled and connection is not None and not connection.closed:
+            # Cancelled here, maybe not there: stop the node's pushes. (A job
+            # that finished ends its watch on the node by itself.)
             task = asyncio.ensure_future(connection.send(wire.JobUnwatch(job_id=state.job_id)))
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
 

@@ -1450,6 +1450,16 @@ class ClientConnection:
         except OSError as error:
             raise ConnectionLostError(f"connection to {self.address} failed: {error}") from error
 
+    async def send_many(self, messages: list[wire.Message]) -> None:
+        """``send`` for several messages, in one write."""
+        if self._lost_reason is not None:
+            raise ConnectionLostError(f"connection to {self.address} is closed: {self._lost_reason}")
+        try:
+            self._stream.writer.write(b"".join(wire.encode_frame(message) for message in messages))
+            await self._stream.writer.drain()
+        except OSError as error:
+            raise ConnectionLostError(f"connection to {self.address} failed: {error}") from error
+
     async def close(self) -> None:
         """Say Goodbye and close; pending requests fail with ``ConnectionLostError``."""
         if self._lost_reason is None:
