@@ -51,6 +51,7 @@ EVENTS_BYTES_PER_MESSAGE: Final = (
 )  # one JobEvents frame stays well under the wire cap
 FINISHES_BYTES_PER_PROPOSAL: Final = 1024 * 1024  # one FinishTasks stays well under a Raft entry
 RUNS_PER_MESSAGE: Final = 2_000
+JOBS_LISTED_MAX: Final = 10_000  # `moot job ls` shows at most this many (the newest)
 # Results are coalesced for this long before they go out (worker to leader)
 # and before they are proposed (leader to Raft): a few ms of latency buys a
 # message and a log entry per batch instead of per task (group commit).
@@ -729,7 +730,7 @@ class TaskService:
             job = table.job(query.job_id)
             jobs = [job] if job is not None else []
         else:
-            jobs = list(table.jobs())
+            jobs = list(table.jobs())[-JOBS_LISTED_MAX:]  # the newest: one reply stays one frame
         workers = self._workers_now()
         summaries = []
         for job in jobs:
