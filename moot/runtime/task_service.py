@@ -4,8 +4,8 @@ Every node plays up to three parts, all driven by the task table that the
 Raft log replicates (``moot.core.tasks``):
 
 - **Leader** (while this node leads and has applied its predecessors'
-  entries): a ``moot.core.scheduler.Scheduler`` rebuilt from the table,
-  fed by the table's events. Its dispatches go out as ``RunTasks`` at once
+  entries): a ``moot.core.task_leader.TaskLeader`` (the sans-IO logic,
+  around the scheduler) rebuilt from the table, fed by the table's events. Its dispatches go out as ``RunTasks`` at once
   and are recorded (``AssignTasks``) in the same group commit as whatever
   else is pending; workers' results (``TasksDone``) free capacity at once
   and are proposed as ``FinishTasks`` batches. Losses — a worker node that
@@ -35,7 +35,8 @@ from typing import Any, Final
 
 from moot.core import scheduler as scheduling
 from moot.core import tasks, wire
-from moot.core.scheduler import Scheduler, WorkerNode
+from moot.core.scheduler import WorkerNode
+from moot.core.task_leader import Sends, TaskLeader
 from moot.runtime.kv_service import KvService
 from moot.runtime.logs import StructuredLogger, log_event
 from moot.runtime.object_service import ObjectError, ObjectService
@@ -50,7 +51,6 @@ EVENTS_BYTES_PER_MESSAGE: Final = (
     4 * 1024 * 1024
 )  # one JobEvents frame stays well under the wire cap
 FINISHES_BYTES_PER_PROPOSAL: Final = 1024 * 1024  # one FinishTasks stays well under a Raft entry
-RUNS_PER_MESSAGE: Final = 2_000
 JOBS_LISTED_MAX: Final = 10_000  # `moot job ls` shows at most this many (the newest)
 # Results are coalesced for this long before they go out (worker to leader)
 # and before they are proposed (leader to Raft): a few ms of latency buys a
@@ -122,11 +122,7 @@ class TaskService:
         self.pool = WorkerPool(cpus, memory_limit_bytes=memory_limit_bytes) if cpus > 0 else None
         self.stats = TaskStats()
         # leader
-        self.scheduler: Scheduler | None = None
-        self._term = 0
-        self._sent_functions: dict[str, set[str]] = {}  # node -> function hashes sent this term
-        self._finishes: list[tasks.Finish] = []  # results to propose
-        self._assignments: dict[str, list[tasks.Assignment]] = {}  # node -> to record
+        self.leader: TaskLeader | None = None
         self._schedule_pending = False
         self._propose_pending = False
         # worker
@@ -164,7 +160,7 @@ class TaskService:
                 self._report()
                 self._resend(now)
             self._check_leadership()
-            if self.scheduler is not None:
+            if self.leader is not None:
                 self._housekeeping()
             await asyncio.sleep(HOUSEKEEPING_S)  # a period, not a synchronisation
 
@@ -200,14 +196,14 @@ class TaskService:
             peer.reply(self._job_info(message))
 
     def members_changed(self) -> None:
-        if self.scheduler is not None:
-            self._propose_lost(self.scheduler.set_nodes(self._workers_now(), monotonic_ms()))
+        if self.leader is not None:
+            self._after_losses(self.leader.set_workers(self._workers_now(), monotonic_ms()))
             self._schedule_soon()
 
     def peer_lost(self, node_id: str) -> None:
         """A node's connection closed: the leader reschedules its runs now."""
-        if self.scheduler is not None and node_id != self.node_id:
-            self._propose_lost(self.scheduler.node_unreachable(node_id, monotonic_ms()))
+        if self.leader is not None and node_id != self.node_id:
+            self._after_losses(self.leader.unreachable(node_id, monotonic_ms()))
             self._schedule_soon()
 
     def _on_applied(self, events: list[tasks.TaskEvent], restored: bool) -> None:
@@ -215,64 +211,53 @@ class TaskService:
         self._applied = asyncio.Event()
         table = self.kv.server.state.tasks
         if restored:
-            self.scheduler = None  # rebuilt from the new table below, if we lead
+            self.leader = None  # rebuilt from the new table below, if we lead
             self._check_outbox_all(table)
             for job_id in list(self._watches):
                 self._push_watches(job_id)
         self._check_leadership()
-        scheduler = self.scheduler
+        leader = self.leader
+        if leader is not None and events:
+            self._send_all(leader.applied(events, table))
+            self._schedule_soon()
         for event in events:
-            if event.kind == "pending":
-                job = table.job(event.job_id)
-                if scheduler is not None and job is not None:
-                    scheduler.add_pending(job, event.indexes)
-            elif event.kind == "finished":
-                if scheduler is not None:
-                    scheduler.settled(event.job_id, event.indexes)
+            if event.kind == "finished":
                 self._check_outbox(event.job_id, event.indexes, table)
                 self._push_watches(event.job_id)
             elif event.kind == "job":
                 if event.state in ("cancelled", "forgotten"):
-                    if scheduler is not None:
-                        self._stop_elsewhere(scheduler.job_gone(event.job_id))
                     self._stop_job_here(event.job_id)
                 self._push_watches(event.job_id)
-        if scheduler is not None and events:
-            self._schedule_soon()
 
     # -- leader ---------------------------------------------------------------------
 
     def _check_leadership(self) -> None:
         raft = self.kv.server.raft
         if not self.kv.leader_ready():
-            if self.scheduler is not None and raft.role != "leader":
-                log_event(self.log, logging.INFO, "scheduler_stopped", term=self._term)
-                self.scheduler = None
-                self._finishes.clear()
-                self._assignments.clear()
+            if self.leader is not None and raft.role != "leader":
+                log_event(self.log, logging.INFO, "scheduler_stopped", term=self.leader.term)
+                self.leader = None
             return
-        if self.scheduler is not None and self._term == raft.term:
+        if self.leader is not None and self.leader.term == raft.term:
             return
-        self._term = raft.term
-        scheduler = Scheduler(term=raft.term)
-        self._propose_lost(scheduler.set_nodes(self._workers_now(), monotonic_ms()))
-        scheduler.adopt(self.kv.server.state.tasks, monotonic_ms())
-        self.scheduler = scheduler
-        self._sent_functions = {}
+        leader = TaskLeader(
+            term=raft.term, workers=self._workers_now(), table=self.kv.server.state.tasks, now_ms=monotonic_ms()
+        )
+        self.leader = leader
         log_event(
             self.log,
             logging.INFO,
             "scheduler_started",
             term=raft.term,
-            pending=scheduler.pending_count,
-            running=scheduler.running_count,
+            pending=leader.scheduler.pending_count,
+            running=leader.scheduler.running_count,
         )
+        self._propose_soon()
         self._schedule_soon()
 
     def _housekeeping(self) -> None:
-        scheduler = self.scheduler
-        assert scheduler is not None
-        self._propose_lost(scheduler.set_nodes(self._workers_now(), monotonic_ms()))
+        assert self.leader is not None
+        self._after_losses(self.leader.set_workers(self._workers_now(), monotonic_ms()))
         self._schedule_soon()
 
     def _schedule_soon(self) -> None:
@@ -282,48 +267,16 @@ class TaskService:
 
     def _schedule(self) -> None:
         self._schedule_pending = False
-        scheduler = self.scheduler
-        if scheduler is None:
+        if self.leader is None:
             return
-        table = self.kv.server.state.tasks
-        for dispatch in scheduler.schedule(monotonic_ms()):
-            runs: list[wire.RunTask] = []
-            functions: dict[str, wire.FunctionBlob] = {}
-            sent = self._sent_functions.setdefault(dispatch.node_id, set())
-            for job_id, index, attempt in dispatch.tasks:
-                job = table.job(job_id)
-                if job is None:
-                    continue
-                spec = job.spec
-                runs.append(
-                    wire.RunTask(
-                        job_id,
-                        index,
-                        attempt,
-                        spec.function_hash,
-                        job.tasks[index].args,
-                        spec.timeout_ms,
-                    )
-                )
-                if spec.function_hash not in sent:
-                    function = table.function(spec.function_hash)
-                    if function is not None:
-                        functions[spec.function_hash] = wire.FunctionBlob(
-                            spec.function_hash, function
-                        )
-                        sent.add(spec.function_hash)
-                self._assignments.setdefault(dispatch.node_id, []).append(
-                    tasks.Assignment(job_id, index, attempt)
-                )
-            self.stats.dispatched += len(runs)
-            for start in range(0, len(runs), RUNS_PER_MESSAGE):
-                message = wire.RunTasks(
-                    term=self._term,
-                    runs=tuple(runs[start : start + RUNS_PER_MESSAGE]),
-                    functions=tuple(functions.values()) if start == 0 else (),
-                )
-                self._send_to(dispatch.node_id, message)
+        sends = self.leader.dispatch(monotonic_ms(), self.kv.server.state.tasks)
+        self.stats.dispatched += sum(len(m.runs) for _, m in sends.messages if isinstance(m, wire.RunTasks))
+        self._send_all(sends)
         self._propose_soon()
+
+    def _send_all(self, sends: Sends) -> None:
+        for node_id, message in sends.messages:
+            self._send_to(node_id, message)
 
     def _send_to(self, node_id: str, message: wire.Message) -> None:
         if node_id == self.node_id:
@@ -337,100 +290,38 @@ class TaskService:
             self.transport.send(address, message)
 
     def _results_arrived(self, node_id: str, finishes: Sequence[tasks.Finish]) -> None:
-        scheduler = self.scheduler
-        if scheduler is None:
+        if self.leader is None:
             return  # not the leader (any more): the worker sends them again to the next one
-        for finish in finishes:
-            scheduler.completed(node_id, finish.job_id, finish.index, finish.attempt, run_ms=finish.duration_ms)
-        self._finishes.extend(finishes)
+        self.leader.results(node_id, finishes)
         self._propose_soon()
         self._schedule_soon()
 
     def _worker_report(self, node_id: str, report: wire.WorkerReport) -> None:
-        if self.scheduler is None:
-            return
-        runs = [(run.job_id, run.index, run.attempt) for run in report.runs]
-        self._propose_lost(self.scheduler.report(node_id, runs, monotonic_ms()))
+        if self.leader is not None:
+            self._after_losses(self.leader.report(node_id, report.runs, monotonic_ms()))
 
-    def _propose_lost(self, lost: Sequence[scheduling.Lost]) -> None:
-        if not lost:
+    def _after_losses(self, count: int) -> None:
+        if not count:
             return
-        self.stats.lost += len(lost)
-        for item in lost:
-            self._finishes.append(
-                tasks.Finish(
-                    job_id=item.job_id,
-                    index=item.index,
-                    attempt=item.attempt,
-                    node=item.node_id,
-                    kind="lost",
-                    error_type="WorkerLost",
-                    error_message=f"node {item.node_id} left or lost the task while it ran",
-                )
-            )
-        log_event(
-            self.log,
-            logging.WARNING,
-            "tasks_lost",
-            count=len(lost),
-            nodes=sorted({i.node_id for i in lost}),
-        )
+        self.stats.lost += count
+        log_event(self.log, logging.WARNING, "tasks_lost", count=count)
         self._propose_soon()
         self._schedule_soon()
 
     def _propose_soon(self) -> None:
-        if not self._propose_pending and (self._finishes or self._assignments):
+        if not self._propose_pending and self.leader is not None and self.leader.has_proposals():
             self._propose_pending = True
             self._last_propose_at = _call_paced(self._propose, self._last_propose_at)
 
     def _propose(self) -> None:
         """Hand the queued records to Raft: they ride in the next group commit."""
         self._propose_pending = False
-        if self.scheduler is None:
-            self._finishes.clear()
-            self._assignments.clear()
+        if self.leader is None:
             return
-        assignments, self._assignments = self._assignments, {}
-        for node_id, items in assignments.items():
-            for start in range(0, len(items), tasks.TASKS_PER_COMMAND_MAX):
-                self._spawn(
-                    self.kv.write_internal(
-                        tasks.AssignTasks(
-                            node_id, tuple(items[start : start + tasks.TASKS_PER_COMMAND_MAX])
-                        )
-                    )
-                )
-        finishes, self._finishes = self._finishes, []
-        batch: list[tasks.Finish] = []
-        size = 0
-        for finish in finishes:
-            cost = (
-                len(finish.value.inline) + len(finish.traceback) + len(finish.error_message) + 200
-            )
-            if batch and (
-                size + cost > FINISHES_BYTES_PER_PROPOSAL
-                or len(batch) >= tasks.TASKS_PER_COMMAND_MAX
-            ):
-                self._spawn(
-                    self.kv.write_internal(
-                        tasks.FinishTasks(now_ms=wall_ms(), finishes=tuple(batch))
-                    )
-                )
-                batch, size = [], 0
-            batch.append(finish)
-            size += cost
-        if batch:
-            self._spawn(
-                self.kv.write_internal(tasks.FinishTasks(now_ms=wall_ms(), finishes=tuple(batch)))
-            )
-        self.stats.proposed_finishes += len(finishes)
-
-    def _stop_elsewhere(self, runs: Sequence[tuple[str, int, int, str]]) -> None:
-        by_node: dict[str, list[wire.RunRef]] = {}
-        for job_id, index, attempt, node_id in runs:
-            by_node.setdefault(node_id, []).append(wire.RunRef(job_id, index, attempt))
-        for node_id, refs in by_node.items():
-            self._send_to(node_id, wire.StopTasks(runs=tuple(refs)))
+        for command in self.leader.take_proposals(wall_ms()):
+            if isinstance(command, tasks.FinishTasks):
+                self.stats.proposed_finishes += len(command.finishes)
+            self._spawn(self.kv.write_internal(command))
 
     # -- worker -----------------------------------------------------------------------
 

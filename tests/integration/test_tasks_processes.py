@@ -211,7 +211,12 @@ def test_cancel_stops_a_job_and_reattach_gets_results_from_any_client(federation
             with pytest.raises(concurrent.futures.CancelledError):
                 future.result(timeout=60)
         assert first.job(slow[0].job_id).status().state == "cancelled"
+        # The running ones were killed: their workers take new tasks at once
+        # (else these would wait out the 30 s sleeps).
+        started = time.monotonic()
         quick = first.map(square, range(50))
+        assert first.gather(quick) == [i * i for i in range(50)]
+        assert time.monotonic() - started < 15, "cancelled tasks kept their workers"
         job_id = quick[0].job_id
     # A client that never saw the job reattaches to it by id.
     with moot.connect(list(reversed(federation.addresses)), cluster=federation.cluster_dir) as second:
