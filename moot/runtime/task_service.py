@@ -37,6 +37,7 @@ from moot.core import scheduler as scheduling
 from moot.core import tasks, wire
 from moot.core.scheduler import WorkerNode
 from moot.core.task_leader import Sends, TaskLeader
+from moot.core.task_worker import TaskWorker, WorkerEffects
 from moot.runtime.kv_service import KvService
 from moot.runtime.logs import StructuredLogger, log_event
 from moot.runtime.object_service import ObjectError, ObjectService
@@ -44,19 +45,17 @@ from moot.runtime.transport import Peer, Transport
 from moot.runtime.worker_pool import Outcome, PoolClosed, WorkerPool
 
 REPORT_INTERVAL_S: Final = 1.0  # a worker's report of its runs to the leader
-RESEND_AFTER_S: Final = 1.0  # an outcome not yet committed goes to the leader again after this
 HOUSEKEEPING_S: Final = 0.25  # the leader's look at membership and report deadlines
 FUNCTION_WAIT_S: Final = 10.0  # a run whose function this node cannot find yet waits this long
 EVENTS_BYTES_PER_MESSAGE: Final = (
     4 * 1024 * 1024
 )  # one JobEvents frame stays well under the wire cap
-FINISHES_BYTES_PER_PROPOSAL: Final = 1024 * 1024  # one FinishTasks stays well under a Raft entry
+FINISHES_BYTES_PER_MESSAGE: Final = 1024 * 1024  # one TasksDone stays well under a frame
 JOBS_LISTED_MAX: Final = 10_000  # `moot job ls` shows at most this many (the newest)
 # Results are coalesced for this long before they go out (worker to leader)
 # and before they are proposed (leader to Raft): a few ms of latency buys a
 # message and a log entry per batch instead of per task (group commit).
 COALESCE_S: Final = 0.005
-FUNCTIONS_KEPT: Final = 256
 
 
 def monotonic_ms() -> int:
@@ -78,12 +77,6 @@ class _Watch:
     peer: Peer
     request_id: int
     seq: int
-
-
-@dataclass(slots=True)
-class _Outbox:
-    finish: tasks.Finish
-    sent_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -126,9 +119,8 @@ class TaskService:
         self._schedule_pending = False
         self._propose_pending = False
         # worker
-        self._runs: dict[tuple[str, int], _Run] = {}
-        self._outbox: dict[tuple[str, int, int], _Outbox] = {}
-        self._functions: dict[str, tasks.Payload] = {}  # hash -> function, as the leader sent it
+        self.worker = TaskWorker(node_id, runs_tasks=cpus > 0)
+        self._runs: dict[tuple[str, int], _Run] = {}  # the asyncio tasks of the runs here
         self._flush_pending = False
         self._last_flush_at = 0.0
         self._last_propose_at = 0.0
@@ -158,7 +150,7 @@ class TaskService:
             if now >= next_report:
                 next_report = now + REPORT_INTERVAL_S
                 self._report()
-                self._resend(now)
+                self._resend()
             self._check_leadership()
             if self.leader is not None:
                 self._housekeeping()
@@ -210,9 +202,9 @@ class TaskService:
         self._applied.set()
         self._applied = asyncio.Event()
         table = self.kv.server.state.tasks
+        self._carry_out(self.worker.applied(events, table, restored=restored))
         if restored:
             self.leader = None  # rebuilt from the new table below, if we lead
-            self._check_outbox_all(table)
             for job_id in list(self._watches):
                 self._push_watches(job_id)
         self._check_leadership()
@@ -221,12 +213,7 @@ class TaskService:
             self._send_all(leader.applied(events, table))
             self._schedule_soon()
         for event in events:
-            if event.kind == "finished":
-                self._check_outbox(event.job_id, event.indexes, table)
-                self._push_watches(event.job_id)
-            elif event.kind == "job":
-                if event.state in ("cancelled", "forgotten"):
-                    self._stop_job_here(event.job_id)
+            if event.kind in ("finished", "job"):
                 self._push_watches(event.job_id)
 
     # -- leader ---------------------------------------------------------------------
@@ -326,49 +313,28 @@ class TaskService:
     # -- worker -----------------------------------------------------------------------
 
     def _accept_runs(self, message: wire.RunTasks) -> None:
-        for blob in message.functions:
-            self._functions.pop(blob.function_hash, None)
-            self._functions[blob.function_hash] = blob.function
-            if len(self._functions) > FUNCTIONS_KEPT:
-                del self._functions[next(iter(self._functions))]
-        if self.pool is None:
-            # We run nothing (--cpus 0): say so at once, the table retries elsewhere.
-            for run in message.runs:
-                self._outcome(
-                    run,
-                    tasks.Finish(
-                        run.job_id,
-                        run.index,
-                        run.attempt,
-                        self.node_id,
-                        "lost",
-                        error_type="WorkerLost",
-                        error_message="this node runs no tasks (--cpus 0)",
-                    ),
-                )
-            return
-        for run in message.runs:
-            key = (run.job_id, run.index)
-            current = self._runs.get(key)
-            if current is not None:
-                if current.attempt >= run.attempt:
-                    continue
-                current.task.cancel()  # an older attempt of the same task: the newer one wins
-            self._runs[key] = _Run(run.attempt, asyncio.ensure_future(self._execute(run)))
+        self._carry_out(self.worker.accept(message))
+        self._flush_soon()  # a node that runs no tasks answered at once
+
+    def _carry_out(self, effects: WorkerEffects) -> None:
+        for job_id, index, attempt in effects.stop:
+            run = self._runs.get((job_id, index))
+            if run is not None and run.attempt == attempt:
+                del self._runs[(job_id, index)]
+                run.task.cancel()  # the pool kills the worker process running it
+            self.worker.stopped(job_id, index, attempt)
+        for run_task in effects.start:
+            self._runs[(run_task.job_id, run_task.index)] = _Run(
+                run_task.attempt, asyncio.ensure_future(self._execute(run_task))
+            )
 
     async def _execute(self, run: wire.RunTask) -> None:
-        key = (run.job_id, run.index)
-        try:
-            finish = await self._run_one(run)
-        except asyncio.CancelledError:
-            current = self._runs.get(key)
-            if current is not None and current.attempt == run.attempt:
-                del self._runs[key]
-            raise
-        current = self._runs.get(key)
+        finish = await self._run_one(run)
+        current = self._runs.get((run.job_id, run.index))
         if current is not None and current.attempt == run.attempt:
-            del self._runs[key]
-        self._outcome(run, finish)
+            del self._runs[(run.job_id, run.index)]
+        self.worker.finished(run.job_id, run.index, run.attempt, finish)
+        self._flush_soon()
 
     async def _run_one(self, run: wire.RunTask) -> tasks.Finish:
         assert self.pool is not None
@@ -453,9 +419,7 @@ class TaskService:
     async def _function_bytes(self, function_hash: str) -> bytes | None:
         deadline = time.monotonic() + FUNCTION_WAIT_S
         while True:
-            payload = self._functions.get(function_hash) or self.kv.server.state.tasks.function(
-                function_hash
-            )
+            payload = self.worker.function(function_hash, self.kv.server.state.tasks)
             if payload is not None:
                 return await self._payload_bytes(payload)
             remaining = deadline - time.monotonic()
@@ -470,8 +434,7 @@ class TaskService:
             return await self.objects.read_object(payload.object_id)
         return payload.inline
 
-    def _outcome(self, run: wire.RunTask, finish: tasks.Finish) -> None:
-        self._outbox[(run.job_id, run.index, run.attempt)] = _Outbox(finish)
+    def _flush_soon(self) -> None:
         if not self._flush_pending:
             self._flush_pending = True
             self._last_flush_at = _call_paced(self._flush_outbox, self._last_flush_at)
@@ -479,33 +442,25 @@ class TaskService:
     def _flush_outbox(self) -> None:
         """Send the outcomes not sent yet to the leader (a batch per round)."""
         self._flush_pending = False
-        now = time.monotonic()
-        fresh = [entry for entry in self._outbox.values() if entry.sent_at == 0.0]
-        self._send_finishes(fresh, now)
+        self._send_finishes(self.worker.to_send(monotonic_ms(), resend=False))
 
-    def _resend(self, now: float) -> None:
-        stale = [entry for entry in self._outbox.values() if now - entry.sent_at >= RESEND_AFTER_S]
-        self._send_finishes(stale, now)
+    def _resend(self) -> None:
+        self._send_finishes(self.worker.to_send(monotonic_ms(), resend=True))
 
-    def _send_finishes(self, entries: list[_Outbox], now: float) -> None:
-        if not entries:
+    def _send_finishes(self, finishes: list[tasks.Finish]) -> None:
+        if not finishes:
             return
         leader = self.kv.server.raft.leader_id
         if leader is None:
             return  # no leader now: the resend timer tries again
-        for entry in entries:
-            entry.sent_at = now
         batch: list[tasks.Finish] = []
         size = 0
-        for entry in entries:
-            cost = len(entry.finish.value.inline) + len(entry.finish.traceback) + 200
-            if batch and (
-                size + cost > FINISHES_BYTES_PER_PROPOSAL
-                or len(batch) >= wire.TASKS_PER_MESSAGE_MAX
-            ):
+        for finish in finishes:
+            cost = len(finish.value.inline) + len(finish.traceback) + 200
+            if batch and (size + cost > FINISHES_BYTES_PER_MESSAGE or len(batch) >= wire.TASKS_PER_MESSAGE_MAX):
                 self._deliver_finishes(leader, batch)
                 batch, size = [], 0
-            batch.append(entry.finish)
+            batch.append(finish)
             size += cost
         if batch:
             self._deliver_finishes(leader, batch)
@@ -518,29 +473,11 @@ class TaskService:
             if address is not None:
                 self.transport.send(address, wire.TasksDone(finishes=tuple(finishes)))
 
-    def _check_outbox(self, job_id: str, indexes: Sequence[int], table: tasks.TaskTable) -> None:
-        """Outcomes whose task the table now shows finished need no resending."""
-        if not self._outbox:
-            return
-        wanted = set(indexes)
-        for key in [k for k in self._outbox if k[0] == job_id and k[1] in wanted]:
-            task = table.task(key[0], key[1])
-            if task is None or task.state not in ("pending", "running"):
-                del self._outbox[key]
-
-    def _check_outbox_all(self, table: tasks.TaskTable) -> None:
-        for key in list(self._outbox):
-            task = table.task(key[0], key[1])
-            if task is None or task.state not in ("pending", "running"):
-                del self._outbox[key]
-
     def _report(self) -> None:
         leader = self.kv.server.raft.leader_id
         if leader is None or self.pool is None:
             return
-        runs = [wire.RunRef(job, index, run.attempt) for (job, index), run in self._runs.items()]
-        runs += [wire.RunRef(job, index, attempt) for (job, index, attempt) in self._outbox]
-        report = wire.WorkerReport(runs=tuple(runs))
+        report = self.worker.report()
         if leader == self.node_id:
             self._worker_report(self.node_id, report)
         else:
@@ -549,17 +486,7 @@ class TaskService:
                 self.transport.send(address, report)
 
     def _stop_runs(self, refs: Sequence[wire.RunRef]) -> None:
-        for ref in refs:
-            run = self._runs.get((ref.job_id, ref.index))
-            if run is not None and run.attempt == ref.attempt:
-                run.task.cancel()  # the pool kills the worker process running it
-
-    def _stop_job_here(self, job_id: str) -> None:
-        for (job, _), run in list(self._runs.items()):
-            if job == job_id:
-                run.task.cancel()
-        for key in [k for k in self._outbox if k[0] == job_id]:
-            del self._outbox[key]
+        self._carry_out(self.worker.stop(refs))
 
     # -- watches ---------------------------------------------------------------------
 
