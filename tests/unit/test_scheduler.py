@@ -18,8 +18,11 @@ def job_id(number: int) -> str:
 def make_table(*jobs: tuple[int, int, dict[str, object]]) -> TaskTable:
     table = TaskTable()
     for number, count, spec_fields in jobs:
-        fields: dict[str, object] = {"name": "f", "function_hash": tasks.function_hash(FUNCTION)}
+        function = spec_fields.get("function", FUNCTION)
+        assert isinstance(function, bytes)
+        fields: dict[str, object] = {"name": "f", "function_hash": tasks.function_hash(function)}
         fields.update(spec_fields)
+        fields.pop("function", None)
         arguments = fields.pop("arguments", None)
         payloads = (
             tuple(Payload(object_id=object_id) for object_id in arguments)  # type: ignore[union-attr]
@@ -33,7 +36,7 @@ def make_table(*jobs: tuple[int, int, dict[str, object]]) -> TaskTable:
                 total=len(payloads),
                 now_ms=0,
                 tasks=payloads,
-                function=Payload(inline=FUNCTION),
+                function=Payload(inline=function),
             )
         )
     return table
@@ -216,7 +219,7 @@ def test_settled_and_retried_tasks_update_the_queue() -> None:
 
 
 def test_short_tasks_are_queued_deeper_than_long_ones() -> None:
-    table = make_table((1, 500, {}), (2, 500, {}))
+    table = make_table((1, 500, {"function": b"fast"}), (2, 500, {"function": b"slow"}), (3, 5, {"function": b"fast"}))
     scheduler = Scheduler(term=1, depth_min=2, depth_max=64, window_ms=50)
     scheduler.set_nodes([WorkerNode("a", 1)])
     queue_all(scheduler, table)
@@ -226,6 +229,7 @@ def test_short_tasks_are_queued_deeper_than_long_ones() -> None:
         scheduler.completed("a", job, index, attempt, run_ms=1.0 if job == job_id(1) else 5000.0)
     assert scheduler.depth(job_id(1)) == 50, "1 ms tasks: 50 ms of work per slot"
     assert scheduler.depth(job_id(2)) == 2, "5 s tasks: the minimum"
+    assert scheduler.depth(job_id(3)) == 50, "a new job of a known function starts at its depth"
 
 
 def test_a_node_whose_connection_closed_loses_its_runs_at_once_and_waits_out_the_skip() -> None:
