@@ -216,6 +216,13 @@ class Client:
             task.add_done_callback(self._closing.discard)
 
     async def _close_all(self) -> None:
+        # Connections still being opened too: a pending one would outlive the
+        # loop (found: "Exception ignored in Client._connect" after a close).
+        connecting = list(self._connecting.values())
+        for pending in connecting:
+            pending.cancel()
+        if connecting:
+            await asyncio.gather(*connecting, return_exceptions=True)
         for address in list(self._connections):
             await self._drop(address)
         if self._closing:
