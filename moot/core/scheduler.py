@@ -96,7 +96,6 @@ class _Running:
     attempt: int
     dispatched_ms: int
     needs: dict[str, float]
-    confirmed: bool  # a report of its node mentioned it
     function: str = ""  # its job's function hash: run times are learned per function
 
 
@@ -149,7 +148,6 @@ class Scheduler:
         self._jobs: dict[str, _Job] = {}  # jobs with pending tasks
         self._shapes: dict[Shape, deque[str]] = {}  # jobs with pending tasks by shape, in turn order
         self._running: dict[TaskKey, _Running] = {}
-        self._awaiting_commit: dict[TaskKey, str] = {}  # completed, result not applied yet
 
     # -- views ----------------------------------------------------------------------------
 
@@ -219,7 +217,7 @@ class Scheduler:
                 continue
             needs = needs_of(job.spec)
             self._running[(job.job_id, index)] = _Running(
-                task.node, task.attempt, now_ms, needs, False, job.spec.function_hash
+                task.node, task.attempt, now_ms, needs, job.spec.function_hash
             )
             _charge(self._used[task.node], needs, +1)
 
@@ -228,7 +226,6 @@ class Scheduler:
         for index in indexes:
             key = (job.job_id, index)
             self._release(key)
-            self._awaiting_commit.pop(key, None)
         self._queue(job, indexes)
 
     def settled(self, job_id: str, indexes: Sequence[int]) -> None:
@@ -236,7 +233,6 @@ class Scheduler:
         for index in indexes:
             key = (job_id, index)
             self._release(key)
-            self._awaiting_commit.pop(key, None)
         job = self._jobs.get(job_id)
         if job is not None and not job.queued.isdisjoint(indexes):
             gone = set(indexes)
@@ -264,7 +260,6 @@ class Scheduler:
         run = self._running.get(key)
         if run is not None and run.attempt == attempt and run.node_id == node_id:
             self._release(key)
-            self._awaiting_commit[key] = node_id
             average = self._run_ms.pop(run.function, None)
             self._run_ms[run.function] = run_ms if average is None else average + RUN_MS_WEIGHT * (run_ms - average)
             if len(self._run_ms) > RUN_TIMES_KEPT:
@@ -288,9 +283,7 @@ class Scheduler:
         for key, run in list(self._running.items()):
             if run.node_id != node_id:
                 continue
-            if have.get(key) == run.attempt:
-                run.confirmed = True
-            elif now_ms - run.dispatched_ms >= self._report_grace_ms:
+            if have.get(key) != run.attempt and now_ms - run.dispatched_ms >= self._report_grace_ms:
                 self._release(key)
                 lost.append(Lost(key[0], key[1], run.attempt, node_id))
         return lost
@@ -330,7 +323,7 @@ class Scheduler:
                 job.pending.popleft()
                 job.queued.discard(index)
                 attempt = next(self._attempts)
-                self._running[(job.job_id, index)] = _Running(node_id, attempt, now_ms, job.needs, False, job.function)
+                self._running[(job.job_id, index)] = _Running(node_id, attempt, now_ms, job.needs, job.function)
                 _charge(self._used[node_id], job.needs, +1)
                 planned.setdefault(node_id, []).append((job.job_id, index, attempt))
                 if job.pending:

@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from moot.core import scheduler as scheduling
@@ -79,15 +79,6 @@ class _Watch:
     seq: int
 
 
-@dataclass(slots=True)
-class TaskStats:
-    dispatched: int = 0
-    executed: int = 0
-    proposed_finishes: int = 0
-    lost: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
-
-
 class TaskService:
     """Tasks on one node (see module doc)."""
 
@@ -113,7 +104,6 @@ class TaskService:
         self._address_of = address_of
         self._workers_now = workers_now
         self.pool = WorkerPool(cpus, memory_limit_bytes=memory_limit_bytes) if cpus > 0 else None
-        self.stats = TaskStats()
         # leader
         self.leader: TaskLeader | None = None
         self._schedule_pending = False
@@ -257,7 +247,6 @@ class TaskService:
         if self.leader is None:
             return
         sends = self.leader.dispatch(monotonic_ms(), self.kv.server.state.tasks)
-        self.stats.dispatched += sum(len(m.runs) for _, m in sends.messages if isinstance(m, wire.RunTasks))
         self._send_all(sends)
         self._propose_soon()
 
@@ -290,7 +279,6 @@ class TaskService:
     def _after_losses(self, count: int) -> None:
         if not count:
             return
-        self.stats.lost += count
         log_event(self.log, logging.WARNING, "tasks_lost", count=count)
         self._propose_soon()
         self._schedule_soon()
@@ -306,8 +294,6 @@ class TaskService:
         if self.leader is None:
             return
         for command in self.leader.take_proposals(wall_ms()):
-            if isinstance(command, tasks.FinishTasks):
-                self.stats.proposed_finishes += len(command.finishes)
             self._spawn(self.kv.write_internal(command))
 
     # -- worker -----------------------------------------------------------------------
@@ -375,8 +361,6 @@ class TaskService:
             raise asyncio.CancelledError from None
         except Exception as error:  # queue full, task too large: the run fails; the table decides
             return failed("error", type(error).__name__, str(error))
-        self.stats.executed += 1
-        self.stats.by_kind[outcome.kind] = self.stats.by_kind.get(outcome.kind, 0) + 1
         return await self._finish_of(run, outcome)
 
     async def _finish_of(self, run: wire.RunTask, outcome: Outcome) -> tasks.Finish:
