@@ -150,21 +150,9 @@ class TaskLeader:
                     )
                 )
         finishes, self._finishes = self._finishes, []
-        batch: list[tasks.Finish] = []
-        size = 0
-        for finish in finishes:
-            cost = (
-                len(finish.value.inline) + len(finish.traceback) + len(finish.error_message) + 200
-            )
-            if batch and (
-                size + cost > FINISHES_BYTES_PER_PROPOSAL
-                or len(batch) >= tasks.TASKS_PER_COMMAND_MAX
-            ):
-                commands.append(tasks.FinishTasks(now_ms=wall_ms, finishes=tuple(batch)))
-                batch, size = [], 0
-            batch.append(finish)
-            size += cost
-        if batch:
+        for batch in tasks.batches(
+            finishes, tasks.outcome_bytes, FINISHES_BYTES_PER_PROPOSAL, tasks.TASKS_PER_COMMAND_MAX
+        ):
             commands.append(tasks.FinishTasks(now_ms=wall_ms, finishes=tuple(batch)))
         return commands
 

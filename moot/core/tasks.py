@@ -39,9 +39,9 @@ Rules:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -58,6 +58,8 @@ NAME_CHARS_MAX: Final = 200
 JOBS_FINISHED_MAX_DEFAULT: Final = 10_000
 TASKS_KEPT_MAX_DEFAULT: Final = 2_000_000
 SNAPSHOT_FORMAT_VERSION: Final = 1
+
+T = TypeVar("T")
 
 JobId = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")]
 Hash = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
@@ -263,6 +265,28 @@ class _Image(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 _image_encoder: Final = msgspec.msgpack.Encoder()
 _image_decoder: Final[msgspec.msgpack.Decoder[_Image]] = msgspec.msgpack.Decoder(_Image)
+
+
+def batches(items: Sequence[T], cost: Callable[[T], int], bytes_max: int, count_max: int) -> Iterator[list[T]]:
+    """``items`` in order, cut into lists of at most ``count_max`` items
+    whose ``cost`` sums to at most ``bytes_max`` (an item costlier than
+    that goes alone): how results are packed into messages and commands."""
+    batch: list[T] = []
+    size = 0
+    for item in items:
+        weight = cost(item)
+        if batch and (size + weight > bytes_max or len(batch) >= count_max):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += weight
+    if batch:
+        yield batch
+
+
+def outcome_bytes(item: Any) -> int:
+    """About what a finish (or a client's view of one) weighs on the wire."""
+    return len(item.value.inline) + len(item.traceback) + len(item.error_message) + 200
 
 
 def ref_key(object_id: str, job_id: str) -> bytes:

@@ -437,16 +437,9 @@ class TaskService:
         leader = self.kv.server.raft.leader_id
         if leader is None:
             return  # no leader now: the resend timer tries again
-        batch: list[tasks.Finish] = []
-        size = 0
-        for finish in finishes:
-            cost = len(finish.value.inline) + len(finish.traceback) + 200
-            if batch and (size + cost > FINISHES_BYTES_PER_MESSAGE or len(batch) >= wire.TASKS_PER_MESSAGE_MAX):
-                self._deliver_finishes(leader, batch)
-                batch, size = [], 0
-            batch.append(finish)
-            size += cost
-        if batch:
+        for batch in tasks.batches(
+            finishes, tasks.outcome_bytes, FINISHES_BYTES_PER_MESSAGE, wire.TASKS_PER_MESSAGE_MAX
+        ):
             self._deliver_finishes(leader, batch)
 
     def _deliver_finishes(self, leader: str, finishes: list[tasks.Finish]) -> None:
@@ -502,26 +495,11 @@ class TaskService:
         results = [_result(index, task) for index, task in table.finished_since(job_id, watch.seq)]
         if not results and not always:
             return job.state not in ("finished", "cancelled")
-        batch: list[wire.TaskResult] = []
-        size = 0
-        for result in results:
-            cost = (
-                len(result.value.inline) + len(result.traceback) + len(result.error_message) + 100
-            )
-            if batch and (
-                size + cost > EVENTS_BYTES_PER_MESSAGE or len(batch) >= wire.TASKS_PER_MESSAGE_MAX
-            ):
-                if not watch.peer.reply(
-                    wire.JobEvents(watch.request_id, job_id, job.state, job.total, tuple(batch))
-                ):
-                    return False
-                batch, size = [], 0
-            batch.append(result)
-            size += cost
-        if not watch.peer.reply(
-            wire.JobEvents(watch.request_id, job_id, job.state, job.total, tuple(batch))
-        ):
-            return False
+        groups = list(tasks.batches(results, tasks.outcome_bytes, EVENTS_BYTES_PER_MESSAGE, wire.TASKS_PER_MESSAGE_MAX))
+        for batch in groups or [[]]:  # an empty answer still says the job's state
+            events = wire.JobEvents(watch.request_id, job_id, job.state, job.total, tuple(batch))
+            if not watch.peer.reply(events):
+                return False
         if results:
             watch.seq = results[-1].seq
         return job.state not in ("finished", "cancelled") or watch.seq < job.seq
