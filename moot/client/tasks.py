@@ -451,15 +451,9 @@ class TaskClient:
         function = await self._function_payload(spec.function_hash, function_bytes)
         commands: list[tasks.SubmitJob | tasks.AddTasks] = []
         start = 0
-        while start < len(payloads):
-            end = start
-            size = 0
-            while end < len(payloads) and end - start < TASKS_PER_SUBMIT_COMMAND:
-                size += len(payloads[end].inline) + 80
-                if end > start and size > SUBMIT_BYTES_PER_COMMAND:
-                    break
-                end += 1
-            chunk = tuple(payloads[start:end])
+        for chunk in tasks.batches(
+            payloads, lambda payload: len(payload.inline) + 80, SUBMIT_BYTES_PER_COMMAND, TASKS_PER_SUBMIT_COMMAND
+        ):
             if start == 0:
                 commands.append(
                     tasks.SubmitJob(
@@ -467,13 +461,13 @@ class TaskClient:
                         spec=spec,
                         total=len(payloads),
                         now_ms=int(time.time() * 1000),
-                        tasks=chunk,
+                        tasks=tuple(chunk),
                         function=function,
                     )
                 )
             else:
-                commands.append(tasks.AddTasks(job_id=state.job_id, start=start, tasks=chunk))
-            start = end
+                commands.append(tasks.AddTasks(job_id=state.job_id, start=start, tasks=tuple(chunk)))
+            start += len(chunk)
         kv = self._client.kv
         first = commands[0]
         assert isinstance(first, tasks.SubmitJob)
