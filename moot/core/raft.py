@@ -165,6 +165,7 @@ class Progress:
     probe_sent: bool = False
     inflight: deque[int] = field(default_factory=deque)  # last index of each message in flight
     pending_snapshot: int = 0
+    snapshot: Snapshot | None = field(default=None, repr=False)  # being sent (kept through compactions)
     snapshot_sent_ms: int = 0  # when the snapshot last made progress (sent or acknowledged)
     snapshot_sent_bytes: int = 0
     snapshot_acked_bytes: int = 0
@@ -827,6 +828,7 @@ class RaftNode:
         assert self._snapshot.meta.index == self._log.snapshot_index
         progress.state = "snapshot"
         progress.pending_snapshot = self._snapshot.meta.index
+        progress.snapshot = self._snapshot
         progress.snapshot_sent_ms = now_ms
         progress.snapshot_sent_bytes = 0
         progress.snapshot_acked_bytes = 0
@@ -836,8 +838,9 @@ class RaftNode:
     def _send_snapshot_chunks(self, peer: str, progress: Progress, *, first: bool = False) -> None:
         """Send chunks up to ``snapshot_chunks_inflight_max`` ahead of the
         follower's acknowledgement (at least one if ``first``)."""
-        assert self._snapshot is not None
-        data = self._snapshot.data
+        snapshot = progress.snapshot
+        assert snapshot is not None
+        data = snapshot.data
         chunk_bytes = self.config.snapshot_chunk_bytes
         window_bytes = chunk_bytes * self.config.snapshot_chunks_inflight_max
         while first or (
@@ -852,7 +855,7 @@ class RaftNode:
                     term=self.term,
                     source=self.node_id,
                     target=peer,
-                    meta=self._snapshot.meta,
+                    meta=snapshot.meta,
                     total_bytes=len(data),
                     offset=offset,
                     chunk=chunk,
@@ -868,8 +871,11 @@ class RaftNode:
         progress.last_heard_ms = now_ms
         if progress.state != "snapshot" or m.snapshot_index != progress.pending_snapshot:
             return  # an ack of a snapshot we no longer send
-        if self._snapshot is None or self._snapshot.meta.index != m.snapshot_index:
-            return  # we compacted again since: the timeout restarts with the new one
+        # A compaction since the transfer began does not restart it: it
+        # finishes with the snapshot it began with, and the follower then
+        # gets the newer one (or the log). Restarting with each new snapshot
+        # never finished when compactions came faster than a transfer (found
+        # by the tasks simulator: a follower stuck 6 s, the task table growing).
         progress.snapshot_sent_ms = now_ms
         progress.snapshot_acked_bytes = max(progress.snapshot_acked_bytes, m.received_bytes)
         if m.gap:
@@ -880,6 +886,7 @@ class RaftNode:
 
     def _become_probe(self, progress: Progress, next_index: int) -> None:
         progress.state = "probe"
+        progress.snapshot = None
         progress.probe_sent = False
         progress.inflight.clear()
         progress.next = max(next_index, progress.match + 1)
@@ -908,6 +915,7 @@ class RaftNode:
             progress.state == "snapshot" and progress.match >= progress.pending_snapshot
         ):
             progress.state = "replicate"
+            progress.snapshot = None
             progress.probe_sent = False
             progress.inflight.clear()
             progress.next = progress.match + 1

@@ -576,6 +576,37 @@ def test_a_snapshot_travels_in_paced_chunks_and_a_lost_chunk_is_resent() -> None
     assert max(offsets) + len(chunks[offsets.index(max(offsets))].chunk) == len(state)
 
 
+def test_a_snapshot_transfer_finishes_while_the_leader_keeps_compacting() -> None:
+    # Regression (tasks simulator): each compaction restarted a transfer in
+    # flight with the newer snapshot, so a follower whose transfer took
+    # longer than the time between compactions never caught up.
+    config = dataclasses.replace(RaftConfig.sim(), snapshot_chunk_bytes=64, snapshot_chunks_inflight_max=1)
+    net = Net(3, seed=9, config=config)
+    leader = net.wait_for_leader()
+    lagger_id = next(n for n in net.live() if n is not leader).node_id
+    net.crash(lagger_id)
+    for i in range(40):
+        last = net.propose(leader.node_id, f"entry-{i:04d}".encode())
+    assert isinstance(last, Accepted)
+    net.wait_applied(tuple(n.node_id for n in net.live()), last.index)
+    first_snapshot = leader.applied_index()
+    net.handle(leader.node_id, leader.raft.compact(net.now, first_snapshot, encode_state(leader.applied)))
+    net.restart(lagger_id)
+    installs = []
+    for i in range(150):  # a new entry and a compaction every 10 ms, for 1.5 s
+        assert isinstance(net.propose(leader.node_id, f"more-{i:04d}".encode()), Accepted)
+        net.run_for(10)
+        index = leader.applied_index()
+        if index > leader.raft.first_index - 1:
+            net.handle(leader.node_id, leader.raft.compact(net.now, index, encode_state(leader.applied)))
+        lagger = net.nodes[lagger_id]
+        if lagger.raft.first_index - 1 not in installs and lagger.raft.first_index > 1:
+            installs.append(lagger.raft.first_index - 1)
+    assert installs and installs[0] >= first_snapshot, "no snapshot was ever installed under compaction"
+    assert len(installs) >= 2, "the follower stopped following after its first snapshot"
+    net.wait_applied((lagger_id,), leader.applied_index())
+
+
 # -- membership -------------------------------------------------------------------------
 
 
