@@ -12,8 +12,9 @@ delay. Both drive this same logic:
   run with a ``lost`` outcome at once.
 - ``finished(run, finish)``: the outcome goes to the **outbox**; it stays
   there — sent to whoever leads, again every ``resend_after_ms`` — until
-  this node's own copy of the table shows the task final (``applied``), so
-  no leader change or lost message loses a result.
+  this node's own copy of the table shows the task final (``applied``, or
+  checked before each send), so no leader change or lost message loses a
+  result.
 - ``report()``: every run this node has, running or in the outbox: the
   leader declares lost what it placed here and does not see.
 - a job cancelled or forgotten stops its runs here and empties its outbox.
@@ -151,9 +152,15 @@ class TaskWorker:
 
     # -- outputs -------------------------------------------------------------------
 
-    def to_send(self, now_ms: int, *, resend: bool) -> list[tasks.Finish]:
+    def to_send(self, now_ms: int, table: tasks.TaskTable, *, resend: bool) -> list[tasks.Finish]:
         """Outcomes to send to the leader now: those never sent, and with
-        ``resend`` those sent ``resend_after_ms`` ago or more (not committed yet)."""
+        ``resend`` those sent ``resend_after_ms`` ago or more (not committed yet).
+
+        An outcome of a task this node's table shows final is dropped
+        instead: a run that ended after another run's result committed (its
+        duplicate is never applied as an event, so it would stay forever;
+        found by the simulator)."""
+        self._drop_committed(list(self._outbox), table)
         due = []
         for queued in self._outbox.values():
             if queued.sent_at_ms is None or (

@@ -426,10 +426,10 @@ class TaskService:
     def _flush_outbox(self) -> None:
         """Send the outcomes not sent yet to the leader (a batch per round)."""
         self._flush_pending = False
-        self._send_finishes(self.worker.to_send(monotonic_ms(), resend=False))
+        self._send_finishes(self.worker.to_send(monotonic_ms(), self.kv.server.state.tasks, resend=False))
 
     def _resend(self) -> None:
-        self._send_finishes(self.worker.to_send(monotonic_ms(), resend=True))
+        self._send_finishes(self.worker.to_send(monotonic_ms(), self.kv.server.state.tasks, resend=True))
 
     def _send_finishes(self, finishes: list[tasks.Finish]) -> None:
         if not finishes:

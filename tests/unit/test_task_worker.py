@@ -55,15 +55,28 @@ def test_an_outcome_is_sent_and_resent_until_the_table_shows_it_committed() -> N
     worker = TaskWorker("w", runs_tasks=True, resend_after_ms=1000)
     worker.accept(runs((0, 1), (1, 1)))
     worker.finished(JOB, 0, 1, ok(0, 1))
-    assert [f.index for f in worker.to_send(100, resend=False)] == [0]
-    assert worker.to_send(200, resend=False) == [], "sent once"
-    assert worker.to_send(900, resend=True) == [], "not due again yet"
-    assert [f.index for f in worker.to_send(1100, resend=True)] == [0], "no commit seen: again"
+    assert [f.index for f in worker.to_send(100, table, resend=False)] == [0]
+    assert worker.to_send(200, table, resend=False) == [], "sent once"
+    assert worker.to_send(900, table, resend=True) == [], "not due again yet"
+    assert [f.index for f in worker.to_send(1100, table, resend=True)] == [0], "no commit seen: again"
     report = worker.report()
     assert {(r.index, r.attempt) for r in report.runs} == {(0, 1), (1, 1)}, "running and unacknowledged"
     committed = table.apply(FinishTasks(now_ms=1, finishes=(ok(0, 1),)))
     worker.applied(committed.events, table)
-    assert worker.outbox_size == 0 and worker.to_send(5000, resend=True) == []
+    assert worker.outbox_size == 0 and worker.to_send(5000, table, resend=True) == []
+
+
+def test_an_outcome_of_a_task_already_final_is_dropped_not_sent_forever() -> None:
+    # Regression (tasks simulator): a second run of a task ended after the
+    # first run's result committed. Its duplicate result makes no event, so
+    # the outbox kept it and resent it every second, forever.
+    table = table_with(1)
+    worker = TaskWorker("w", runs_tasks=True, resend_after_ms=1000)
+    worker.accept(runs((0, 2)))
+    worker.applied(table.apply(FinishTasks(now_ms=1, finishes=(ok(0, 1),))).events, table)
+    worker.finished(JOB, 0, 2, ok(0, 2))
+    assert worker.to_send(100, table, resend=False) == []
+    assert worker.outbox_size == 0 and worker.report().runs == ()
 
 
 def test_a_cancelled_job_stops_its_runs_here_and_forgets_its_outcomes() -> None:
@@ -83,5 +96,5 @@ def test_a_node_that_runs_no_tasks_answers_lost_at_once() -> None:
     worker = TaskWorker("w", runs_tasks=False)
     effects = worker.accept(runs((0, 1)))
     assert not effects.start
-    [lost] = worker.to_send(0, resend=False)
+    [lost] = worker.to_send(0, table_with(1), resend=False)
     assert (lost.kind, lost.error_type, lost.index, lost.attempt) == ("lost", "WorkerLost", 0, 1)
