@@ -316,6 +316,17 @@ class KvServer:
         self._now_ms = now_ms
         return self._absorb(now_ms, self._raft.campaign(now_ms), [])
 
+    def leader_ready(self) -> bool:
+        """This node leads and has applied every entry of earlier terms (an
+        entry of its own term is committed): its state is the group's, so
+        what it decides from the state (the task scheduler) is current."""
+        raft = self._raft
+        return (
+            raft.role == "leader"
+            and raft.log_term(raft.commit_index) == raft.term
+            and self._state.applied_index >= raft.commit_index
+        )
+
     def compact_due(self) -> bool:
         """True when enough entries were applied since the last snapshot."""
         return self._state.applied_index - self._snapshot_index >= self.options.snapshot_entries

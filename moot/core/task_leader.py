@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from moot.core import tasks, wire
-from moot.core.scheduler import Lost, Scheduler, WorkerNode
+from moot.core.scheduler import (
+    REPORT_GRACE_MS_DEFAULT,
+    UNREACHABLE_MS_DEFAULT,
+    Lost,
+    Scheduler,
+    WorkerNode,
+)
 
 RUNS_PER_MESSAGE: Final = 2_000
 FINISHES_BYTES_PER_PROPOSAL: Final = 1024 * 1024  # one FinishTasks stays well under a Raft entry
@@ -39,10 +45,17 @@ class TaskLeader:
     """The leader's task logic for one term (see module doc)."""
 
     def __init__(
-        self, *, term: int, workers: Iterable[WorkerNode], table: tasks.TaskTable, now_ms: int
+        self,
+        *,
+        term: int,
+        workers: Iterable[WorkerNode],
+        table: tasks.TaskTable,
+        now_ms: int,
+        report_grace_ms: int = REPORT_GRACE_MS_DEFAULT,
+        unreachable_ms: int = UNREACHABLE_MS_DEFAULT,
     ) -> None:
         self.term = term
-        self.scheduler = Scheduler(term=term)
+        self.scheduler = Scheduler(term=term, report_grace_ms=report_grace_ms, unreachable_ms=unreachable_ms)
         self._finishes: list[tasks.Finish] = []
         self._assignments: dict[str, list[tasks.Assignment]] = {}
         self._sent_functions: dict[str, set[str]] = {}  # node -> function hashes sent this term
@@ -77,13 +90,27 @@ class TaskLeader:
         """A worker node's connection closed: its runs are lost now."""
         return self._lose(self.scheduler.node_unreachable(node_id, now_ms))
 
-    def results(self, node_id: str, finishes: Sequence[tasks.Finish]) -> None:
-        """A worker's outcomes: capacity frees now, the results go to the log."""
+    def results(self, node_id: str, finishes: Sequence[tasks.Finish], table: tasks.TaskTable) -> int:
+        """A worker's outcomes: capacity frees now, the results go to the log
+        - except those of tasks the table (the group's: we lead) shows final
+        already, which would only be discarded when applied. Returns how many
+        were dropped so.
+
+        A worker resends until its own copy of the table shows its result
+        final; a follower far behind kept resending, every resend became a
+        log entry, the entries brought compactions, and each compaction made
+        its catching up longer (found by the tasks simulator)."""
+        dropped = 0
         for finish in finishes:
             self.scheduler.completed(
                 node_id, finish.job_id, finish.index, finish.attempt, run_ms=finish.duration_ms
             )
-        self._finishes.extend(finishes)
+            task = table.task(finish.job_id, finish.index)
+            if task is None or task.state not in ("pending", "running"):
+                dropped += 1
+                continue
+            self._finishes.append(finish)
+        return dropped
 
     def report(self, node_id: str, runs: Sequence[wire.RunRef], now_ms: int) -> int:
         """A worker node's list of its runs; returns how many were found lost."""

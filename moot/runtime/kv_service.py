@@ -202,14 +202,8 @@ class KvService:
         self._watches.pop((peer.remote_address, message.watch_id), None)
 
     def leader_ready(self) -> bool:
-        """This node leads and has applied every entry of earlier terms (an
-        entry of its own term is committed): its state is the group's."""
-        raft = self.server.raft
-        return (
-            raft.role == "leader"
-            and raft.log_term(raft.commit_index) == raft.term
-            and self.server.state.applied_index >= raft.commit_index
-        )
+        """This node leads and its state is the group's (``KvServer.leader_ready``)."""
+        return self.server.leader_ready()
 
     def status(self, request_id: int, address: str) -> wire.StatusReply:
         """This node's view of the group, for ``moot status``."""

@@ -268,7 +268,7 @@ class TaskService:
     def _results_arrived(self, node_id: str, finishes: Sequence[tasks.Finish]) -> None:
         if self.leader is None:
             return  # not the leader (any more): the worker sends them again to the next one
-        self.leader.results(node_id, finishes)
+        self.leader.results(node_id, finishes, self.kv.server.state.tasks)
         self._propose_soon()
         self._schedule_soon()
 

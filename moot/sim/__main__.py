@@ -1,4 +1,4 @@
-"""``python -m moot.sim membership|raft|objects --seed S [...]``: run one simulated scenario.
+"""``python -m moot.sim membership|raft|tasks|objects --seed S [...]``: run one simulated scenario.
 
 Prints the derived options, the fault plan, the check results and stats, and
 last ``trace_hash=<hex>``. Exits 1 if a check failed (the message carries the
@@ -12,10 +12,12 @@ import dataclasses
 import sys
 import time
 from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 from moot.sim.membership_scenario import BOOTSTRAP_NODES_MIN, MembershipScenario, ScenarioOptions
 from moot.sim.objects_scenario import ObjectsOptions, ObjectsScenario
 from moot.sim.raft_scenario import RaftScenario, RaftScenarioOptions
+from moot.sim.tasks_scenario import TaskScenario, TaskScenarioOptions
 from moot.sim.world import SimulationFailure
 
 
@@ -68,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     raft.add_argument("--no-audit", action="store_true", help="skip the persist-before-send audit")
     raft.add_argument("--verbose", action="store_true", help="print the full event trace")
+    tasks = commands.add_parser("tasks", help="durable tasks (table, scheduler, workers) on Raft under faults")
+    tasks.add_argument("--seed", type=int, required=True, help="root seed: every fault and sub-seed comes from it")
+    tasks.add_argument("--nodes", type=int, default=None, help="voters, each also a worker (default: drawn, 3 or 5)")
+    tasks.add_argument("--duration-ms", type=int, default=None, help="length of the safety (faults) phase")
+    tasks.add_argument("--submitters", type=int, default=None, help="clients submitting and cancelling jobs")
+    tasks.add_argument("--faults", action=argparse.BooleanOptionalAction, default=None, help="inject faults")
+    tasks.add_argument("--torn", type=float, default=None, help="probability a crash lands mid-output")
+    tasks.add_argument("--snapshot-entries", type=int, default=None, help="entries applied between snapshots")
+    tasks.add_argument("--no-audit", action="store_true", help="skip the persist-before-send audit")
+    tasks.add_argument("--verbose", action="store_true", help="print the full event trace")
     objects = commands.add_parser("objects", help="object placement and repair under faults")
     objects.add_argument("--seed", type=int, required=True, help="root seed: every fault and sub-seed comes from it")
     objects.add_argument("--nodes", type=int, default=None, help="storage nodes, 5-9 (default: drawn from the seed)")
@@ -106,10 +118,7 @@ def options_from_arguments(arguments: argparse.Namespace) -> ScenarioOptions:
 def run_membership(arguments: argparse.Namespace) -> int:
     """Run the membership scenario the arguments describe; the process exit code."""
     options = options_from_arguments(arguments)
-    try:
-        options.validate()
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    if not _valid(options):
         return 2
     sink = _print_trace if arguments.verbose else None
     # Wall time is reported, never fed to the run: it cannot change the trace.
@@ -155,19 +164,40 @@ def raft_options_from_arguments(arguments: argparse.Namespace) -> RaftScenarioOp
         "spares": arguments.spares,
         "conf_changes": arguments.conf_changes,
     }
-    return dataclasses.replace(options, **{name: value for name, value in overrides.items() if value is not None})
+    return _overridden(options, overrides)
 
 
 def run_raft(arguments: argparse.Namespace) -> int:
     """Run the Raft scenario the arguments describe; the process exit code."""
     options = raft_options_from_arguments(arguments)
-    try:
-        options.validate()
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    if not _valid(options):
         return 2
     sink = _print_trace if arguments.verbose else None
     scenario = RaftScenario(options, trace_sink=sink, trace_messages=arguments.verbose, audit=not arguments.no_audit)
+    return _run_and_report(scenario)
+
+
+def tasks_options_from_arguments(arguments: argparse.Namespace) -> TaskScenarioOptions:
+    """The options a parsed ``tasks`` command line describes: the sweep's for the seed, overridden."""
+    options = TaskScenarioOptions.for_seed(arguments.seed)
+    overrides = {
+        "nodes": arguments.nodes,
+        "duration_ms": arguments.duration_ms,
+        "submitters": arguments.submitters,
+        "faults": arguments.faults,
+        "torn_probability": arguments.torn,
+        "snapshot_entries": arguments.snapshot_entries,
+    }
+    return _overridden(options, overrides)
+
+
+def run_tasks(arguments: argparse.Namespace) -> int:
+    """Run the tasks scenario the arguments describe; the process exit code."""
+    options = tasks_options_from_arguments(arguments)
+    if not _valid(options):
+        return 2
+    sink = _print_trace if arguments.verbose else None
+    scenario = TaskScenario(options, trace_sink=sink, trace_messages=arguments.verbose, audit=not arguments.no_audit)
     return _run_and_report(scenario)
 
 
@@ -184,23 +214,43 @@ def objects_options_from_arguments(arguments: argparse.Namespace) -> ObjectsOpti
         "repair_bound_ms": arguments.repair_bound_ms,
         "drop_bound_ms": arguments.drop_bound_ms,
     }
-    return dataclasses.replace(options, **{name: value for name, value in overrides.items() if value is not None})
+    return _overridden(options, overrides)
 
 
 def run_objects(arguments: argparse.Namespace) -> int:
     """Run the objects scenario the arguments describe; the process exit code."""
     options = objects_options_from_arguments(arguments)
-    try:
-        options.validate()
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    if not _valid(options):
         return 2
     sink = _print_trace if arguments.verbose else None
     scenario = ObjectsScenario(options, trace_sink=sink)
     return _run_and_report(scenario)
 
 
-def _run_and_report(scenario: RaftScenario | ObjectsScenario) -> int:
+class _Options(Protocol):
+    def validate(self) -> None: ...
+
+
+OptionsT = TypeVar("OptionsT")
+
+
+def _overridden(options: OptionsT, overrides: dict[str, object]) -> OptionsT:
+    """``options`` (a dataclass) with the values given on the command line (not None)."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    return dataclasses.replace(options, **given)  # type: ignore[type-var]
+
+
+def _valid(options: _Options) -> bool:
+    """Whether ``options`` make sense; if not, say why on stderr."""
+    try:
+        options.validate()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return False
+    return True
+
+
+def _run_and_report(scenario: RaftScenario | TaskScenario | ObjectsScenario) -> int:
     """Run a scenario and print its log, checks, report and trace hash (or
     the failure, which carries its replay command); the process exit code."""
     started = time.perf_counter()  # reported only, never fed to the run
@@ -230,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_membership(arguments)
     if arguments.command == "raft":
         return run_raft(arguments)
+    if arguments.command == "tasks":
+        return run_tasks(arguments)
     if arguments.command == "objects":
         return run_objects(arguments)
     raise AssertionError(arguments.command)  # pragma: no cover - argparse rejects others

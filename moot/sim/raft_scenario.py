@@ -567,21 +567,10 @@ class RaftScenario:
         world = self.world
         if self.options.conf_changes:
             self._bootstrap_founders()
-        for index in range(self.options.node_count):
-            world.start(index)
-        plan = fault_plan.plan_faults(
-            random.Random(derive_seed(self.options.seed, "faults")),
-            self.options.node_count,
-            self.fault_config,
-            safety_start_ms=WARMUP_MS,
-            enabled=self.options.faults,
-        )
-        self.plan = plan
+        plan = self._start_with_faults()
         if any(isinstance(fault, ClockStep) for fault in plan.faults):
             self.check_lease = False  # see the module doc
-        self.log.extend(plan.describe())
         self.log.append(f"lease reads {'checked' if self.check_lease else 'not checked'}")
-        fault_plan.install(plan, world, self)
         for client in self.clients:
             start_ms = self.client_rng.randint(0, 50)
             world.schedule(start_ms, f"client {client.client_id} starts", self._next_operation_of(client))
@@ -593,6 +582,23 @@ class RaftScenario:
             self._fail_liveness()
         self._final_checks()
         return self._result()
+
+    def _start_with_faults(self) -> FaultPlan:
+        """Boot every node and schedule the seed's fault plan (and the heal)."""
+        world = self.world
+        for index in range(self.options.node_count):
+            world.start(index)
+        plan = fault_plan.plan_faults(
+            random.Random(derive_seed(self.options.seed, "faults")),
+            self.options.node_count,
+            self.fault_config,
+            safety_start_ms=WARMUP_MS,
+            enabled=self.options.faults,
+        )
+        self.plan = plan
+        self.log.extend(plan.describe())
+        fault_plan.install(plan, world, self)
+        return plan
 
     def _bootstrap_founders(self) -> None:
         """Write the founders' bootstrap log (module doc, step 1); spares keep an empty disk."""
@@ -1210,14 +1216,13 @@ class RaftScenario:
 
     # -- end checks ------------------------------------------------------------------------
 
-    def _final_checks(self) -> None:
+    def _check_replicas(self) -> list[SimNode[RaftHost]]:
+        """Logs pairwise, configurations and state machines of the live nodes agree; returns them."""
         world = self.world
         up = [node for node in world.nodes if node.up]
         rafts = [node.live_core().server.raft for node in up]
         self.checks.check_logs_pairwise(rafts, world.now_ms)
         self.checks.check_members_agree(rafts, world.now_ms)
-        leader = next(node for node in up if node.live_core().server.raft.role == "leader")
-        self.final_voters = leader.live_core().server.raft.voters
         self.checks.check_states_agree(
             [
                 (node.node_id, node.live_core().server.state.applied_index, node.live_core().server.state.snapshot())
@@ -1225,6 +1230,12 @@ class RaftScenario:
             ],
             world.now_ms,
         )
+        return up
+
+    def _final_checks(self) -> None:
+        up = self._check_replicas()
+        leader = next(node for node in up if node.live_core().server.raft.role == "leader")
+        self.final_voters = leader.live_core().server.raft.voters
         result = lz.check_kv(self.history, steps_max=CHECK_STEPS_MAX)
         self.check_steps = result.steps
         if result.ok is not True:

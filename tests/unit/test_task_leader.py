@@ -42,12 +42,17 @@ def test_dispatch_sends_each_node_the_function_once_and_records_assignments() ->
     node, message = first[0]
     assert isinstance(message, wire.RunTasks)
     run = message.runs[0]
-    leader.results(node, [Finish(run.job_id, run.index, run.attempt, node, "ok", Payload(inline=b"r"))])
+    result = Finish(run.job_id, run.index, run.attempt, node, "ok", Payload(inline=b"r"))
+    assert leader.results(node, [result], table) == 0
     again = leader.dispatch(1, table).messages
     assert again and all(isinstance(m, wire.RunTasks) and not m.functions for _, m in again)
     finish_commands = [c for c in leader.take_proposals(2000) if isinstance(c, FinishTasks)]
     assert [f.index for c in finish_commands for f in c.finishes] == [run.index]
     assert finish_commands[0].now_ms == 2000
+    # Once committed, the same result sent again is not proposed again.
+    leader.applied(table.apply(finish_commands[0]).events, table)
+    assert leader.results(node, [result], table) == 1
+    assert not leader.has_proposals()
 
 
 def test_a_lost_node_and_a_cancelled_job_become_proposals_and_stops() -> None:
