@@ -151,11 +151,18 @@ _batch_decoder: Final[msgspec.msgpack.Decoder[Batch]] = msgspec.msgpack.Decoder(
 
 
 def encode_batch(batch: Batch) -> bytes:
-    """Encode a batch for the Raft log.
+    """Encode a batch for the Raft log (``encode_checked_batch``'s bytes)."""
+    return encode_checked_batch(batch)[0]
+
+
+def encode_checked_batch(batch: Batch) -> tuple[bytes, Batch]:
+    """Encode a batch for the Raft log, and the batch decoded from those bytes.
 
     The bytes are decoded once more before they are returned: Struct
     construction does not check the caps, and an entry that every replica
-    fails to decode must never be committed. Raises ``BadCommand``.
+    fails to decode must never be committed. The decoded batch is what
+    ``KvState.apply`` would decode from the entry: the leader hands it over
+    instead of decoding its own entry again. Raises ``BadCommand``.
     """
     data = _batch_encoder.encode(batch)
     if len(data) > ENTRY_BYTES_MAX:
@@ -164,10 +171,10 @@ def encode_batch(batch: Batch) -> bytes:
             f"entry (ENTRY_BYTES_MAX={ENTRY_BYTES_MAX}); propose it in smaller batches"
         )
     try:
-        decode_batch(data)
+        decoded = decode_batch(data)
     except msgspec.DecodeError as error:  # ValidationError is a subclass
         raise BadCommand(f"batch breaks a limit, check each proposal first: {error}") from error
-    return data
+    return data, decoded
 
 
 def decode_batch(data: bytes) -> Batch:
@@ -390,7 +397,9 @@ class KvState:
 
     # -- writes -----------------------------------------------------------------------
 
-    def apply(self, index: int, data: bytes) -> list[tuple[str, int, WriteResult]]:
+    def apply(
+        self, index: int, data: bytes, decoded: Batch | None = None
+    ) -> list[tuple[str, int, WriteResult]]:
         """Apply the committed entry at ``index``; answer each proposal in order.
 
         Per proposal, after its ``ack`` has let the session forget older
@@ -410,7 +419,7 @@ class KvState:
             self._applied_index = index
             return []
         try:
-            batch = decode_batch(data)
+            batch = decoded if decoded is not None else decode_batch(data)
         except msgspec.DecodeError as error:
             raise ValueError(f"entry {index} is not a KV batch: {error}") from error
         answers: list[tuple[str, int, WriteResult]] = []

@@ -213,6 +213,11 @@ class KvServer:
         self._queued: list[tuple[int, kv.Proposal]] = []  # leader: writes for the next entry
         self._reads: dict[int, list[_WaitingRead]] = {}  # ReadIndex request id -> reads
         self._last_batch: list[tuple[str, int]] = []  # (client id, seq) of the last proposed batch
+        self._last_decoded: kv.Batch | None = None  # that batch, decoded back from its entry's bytes
+        # Index -> (term, batch) of this leader's entries not applied yet: it
+        # applies what it proposed without decoding it again (the leader's
+        # decode was 8% of its busy time under a task load).
+        self._decoded: dict[int, tuple[int, kv.Batch]] = {}
         self._next_read_id = 1
         self._leader_term = 0  # the term in which our waiting requests were accepted
         self._now_ms = now_ms
@@ -388,7 +393,7 @@ class KvServer:
             used += size
         self._queued = self._queued[len(taken) :]
         self._last_batch = [(p.client_id, p.seq) for p in taken]
-        data = kv.encode_batch(kv.Batch(tuple(taken)))
+        data, self._last_decoded = kv.encode_checked_batch(kv.Batch(tuple(taken)))
         assert len(data) <= budget, "the batch estimate undercounted"
         return data
 
@@ -417,7 +422,9 @@ class KvServer:
             if entry.index <= self._state.applied_index:
                 continue  # covered by the snapshot the state was restored from
             data = entry.data if entry.kind == "normal" else b""
-            for client_id, seq, result in self._state.apply(entry.index, data):
+            cached = self._decoded.pop(entry.index, None)
+            decoded = cached[1] if cached is not None and cached[0] == entry.term else None
+            for client_id, seq, result in self._state.apply(entry.index, data, decoded):
                 waiting = self._writes.pop((client_id, seq), None)
                 if waiting is not None:
                     replies.extend((request_id, WriteReply(result)) for request_id in waiting.request_ids)
@@ -439,6 +446,9 @@ class KvServer:
     def _on_proposal_result(self, result: Accepted | Rejected | None, replies: list[tuple[int, ClientReply]]) -> None:
         if isinstance(result, Accepted):
             self._leader_term = result.term
+            if self._last_decoded is not None:
+                self._decoded[result.index] = (result.term, self._last_decoded)
+                self._last_decoded = None
             return
         assert isinstance(result, Rejected)
         # The batch was not appended: everything waiting that is no longer
@@ -459,6 +469,7 @@ class KvServer:
         if raft.role == "leader":
             self._leader_term = raft.term
             return
+        self._decoded.clear()  # entries of a term we no longer lead: decode what commits
         if self._writes or self._reads or self._queued:
             self._fail_all("leader_lost", f"leadership moved (term {raft.term})", replies)
 

@@ -464,3 +464,34 @@ def test_range_pages_with_after() -> None:
     assert [kv.key for kv in second] == [b"p/3", b"p/4", b"p/5"] and more
     third, more = state.range(b"p/", 3, after=second[-1].key)
     assert [kv.key for kv in third] == [b"p/6"] and not more
+
+
+def test_a_leader_applies_its_own_entries_without_decoding_them_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The leader decodes each batch once (the check in encode_checked_batch)
+    # and applies that decoded batch; a follower decodes what it receives.
+    import random
+
+    from moot.core.kv_server import KvServer, WriteReply, WriteRequest
+    from moot.core.raft_config import RaftConfig
+
+    server = KvServer(RaftConfig.sim(), node_id="n1", voters=("n1",), rng=random.Random(1), now_ms=0)
+    now = 0
+    while server.raft.role != "leader":
+        now += 10
+        out = server.tick(now)
+        server.advance(out)
+    decodes: list[bytes] = []
+    real = kv.decode_batch
+    monkeypatch.setattr(kv, "decode_batch", lambda data: decodes.append(data) or real(data))
+    request = WriteRequest(Proposal("c", 1, 0, Put(key=b"k", value=b"v")))
+    out = server.handle(now, [(7, request)])
+    replies = list(out.replies)
+    server.advance(out)
+    while not replies:
+        now += 10
+        out = server.tick(now)
+        replies += out.replies
+        server.advance(out)
+    assert replies == [(7, WriteReply(ok(True, 1)))]
+    assert len(decodes) == 1, "decoded once to check it, not again to apply it"
+    assert server.state.get(b"k") is not None
