@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import random
@@ -686,6 +687,12 @@ def run_node(options: NodeOptions) -> None:
 
     async def main() -> None:
         node = Node(options)
+        # What exists now (modules, classes, functions: ~70,000 objects)
+        # lives as long as the process: out of the collector's sight, a
+        # full collection takes ~20 ms instead of ~70 ms, a pause of the
+        # event loop that delays heartbeats and every task's round trip
+        # (measured under a 10,000-task map: 436 -> 118 ms in six collections).
+        gc.freeze()
         await node.run()
 
     asyncio.run(main())
