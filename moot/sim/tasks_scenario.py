@@ -145,19 +145,11 @@ class TaskScenarioOptions:
     snapshot_entries: int = 16
 
     def validate(self) -> None:
-        """Raise ValueError naming the first option that makes no sense."""
-        if self.seed < 0:
-            raise ValueError("--seed must be >= 0")
-        if self.nodes < 1:
-            raise ValueError("--nodes must be >= 1")
-        if self.duration_ms < 0:
-            raise ValueError("--duration-ms must be >= 0")
+        """Raise ValueError naming the first option that makes no sense
+        (those shared with the Raft scenario, flags alike, checked by it)."""
         if self.submitters < 1:
             raise ValueError("--submitters must be >= 1")
-        if not 0.0 <= self.torn_probability <= 1.0:
-            raise ValueError("--torn must be within [0, 1]")
-        if self.snapshot_entries < 1:
-            raise ValueError("--snapshot-entries must be >= 1")
+        self.raft_options().validate()
 
     def command(self) -> str:
         """The command line that replays this run exactly."""

@@ -8,14 +8,11 @@ replays it exactly.
 from __future__ import annotations
 
 import os
-import re
 import shlex
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from regression_seeds import OPEN, REGRESSION, PinnedRun
+from sim_cli import trace_hashes
 
 from moot.sim.__main__ import build_parser, options_from_arguments
 from moot.sim.membership_scenario import ScenarioOptions, ScenarioResult, run_scenario
@@ -23,7 +20,6 @@ from moot.sim.membership_scenario import ScenarioOptions, ScenarioResult, run_sc
 pytestmark = pytest.mark.sim
 
 SEED_COUNT = int(os.environ.get("MOOT_SIM_SEEDS", "300"))
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def options_for(seed: int) -> ScenarioOptions:
@@ -108,19 +104,5 @@ def test_replay_command_parses_back_to_the_same_options(seed: int) -> None:
 
 
 def test_cli_prints_the_same_trace_hash_in_two_processes() -> None:
-    hashes = []
-    for hash_seed in ("1", "2"):
-        # Different PYTHONHASHSEED: iterating a set of strings anywhere
-        # would change the trace.
-        completed = subprocess.run(
-            [sys.executable, "-m", "moot.sim", "membership", "--seed", "7", "--nodes", "6"],
-            cwd=REPOSITORY,
-            env={**os.environ, "PYTHONHASHSEED": hash_seed},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        match = re.search(r"^trace_hash=([0-9a-f]{64})$", completed.stdout, re.MULTILINE)
-        assert match is not None, completed.stdout + completed.stderr
-        hashes.append(match.group(1))
-    assert hashes[0] == hashes[1]
+    first, second = trace_hashes("membership", "--seed", "7", "--nodes", "6")
+    assert first == second

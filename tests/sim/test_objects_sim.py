@@ -10,11 +10,9 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from sim_cli import run_sim, trace_hashes
 
 from moot.core.repair import RepairPlanner
 from moot.sim.__main__ import build_parser, objects_options_from_arguments
@@ -30,7 +28,6 @@ from moot.sim.world import SimulationFailure
 pytestmark = pytest.mark.sim
 
 SEED_COUNT = int(os.environ.get("MOOT_SIM_SEEDS", "200"))
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 # Runs that once failed and were fixed (seed, what it caught). Each must
 # pass forever. A seed names a run only for the scenario and fault
@@ -133,32 +130,11 @@ def test_a_failure_prints_its_replay_command() -> None:
 
 
 def test_cli_prints_the_same_trace_hash_in_two_processes() -> None:
-    hashes = []
-    for hash_seed in ("1", "2"):
-        # Different PYTHONHASHSEED: iterating a set of strings anywhere would change the trace.
-        completed = subprocess.run(
-            [sys.executable, "-m", "moot.sim", "objects", "--seed", "20"],
-            cwd=REPOSITORY,
-            env={**os.environ, "PYTHONHASHSEED": hash_seed},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert completed.returncode == 0, completed.stdout + completed.stderr
-        match = re.search(r"^trace_hash=([0-9a-f]{64})$", completed.stdout, re.MULTILINE)
-        assert match is not None, completed.stdout + completed.stderr
-        hashes.append(match.group(1))
-    assert hashes[0] == hashes[1]
+    first, second = trace_hashes("objects", "--seed", "20")
+    assert first == second
 
 
 def test_cli_rejects_bad_options() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "moot.sim", "objects", "--seed", "1", "--nodes", "2"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    completed = run_sim("objects", "--seed", "1", "--nodes", "2")
     assert completed.returncode == 2
     assert "--nodes" in completed.stderr
-

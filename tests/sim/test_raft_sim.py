@@ -12,13 +12,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from raft_regression_seeds import OPEN, REGRESSION, PinnedRaftRun
+from sim_cli import trace_hashes
 
 from moot.core.kv_server import GetRequest, KvServer
 from moot.core.raft import RaftNode
@@ -38,7 +36,6 @@ from moot.sim.world import CoreContractError, SimulationFailure
 pytestmark = pytest.mark.sim
 
 SEED_COUNT = int(os.environ.get("MOOT_SIM_SEEDS", "500"))
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 # How many seeds a deliberately broken core may pass before the checks must
 # have caught it (each found its first failure well within this).
@@ -137,22 +134,8 @@ def test_replay_command_parses_back_to_the_same_options(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", [20, 21])  # with and without conf changes
 def test_cli_prints_the_same_trace_hash_in_two_processes(seed: int) -> None:
-    hashes = []
-    for hash_seed in ("1", "2"):
-        # Different PYTHONHASHSEED: iterating a set of strings anywhere
-        # would change the trace.
-        completed = subprocess.run(
-            [sys.executable, "-m", "moot.sim", "raft", "--seed", str(seed)],
-            cwd=REPOSITORY,
-            env={**os.environ, "PYTHONHASHSEED": hash_seed},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        match = re.search(r"^trace_hash=([0-9a-f]{64})$", completed.stdout, re.MULTILINE)
-        assert match is not None, completed.stdout + completed.stderr
-        hashes.append(match.group(1))
-    assert hashes[0] == hashes[1]
+    first, second = trace_hashes("raft", "--seed", str(seed))
+    assert first == second
 
 
 def test_failure_prints_the_replay_command(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,13 +12,10 @@ on purpose and require the checks to notice.
 from __future__ import annotations
 
 import os
-import re
 import shlex
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from sim_cli import run_sim, trace_hashes
 
 from moot.core import task_leader, tasks
 from moot.sim.__main__ import build_parser, tasks_options_from_arguments
@@ -33,7 +30,6 @@ from moot.sim.world import SimulationFailure
 pytestmark = pytest.mark.sim
 
 SEED_COUNT = int(os.environ.get("MOOT_SIM_SEEDS", "150"))
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 # Runs that once failed and were fixed, with what they caught. Each must
 # pass forever. A seed names a run only for the scenario and fault
@@ -157,32 +153,12 @@ def test_replay_command_parses_back_to_the_same_options(seed: int) -> None:
 
 
 def test_cli_prints_the_same_trace_hash_in_two_processes() -> None:
-    hashes = []
-    for hash_seed in ("1", "2"):
-        # Different PYTHONHASHSEED: iterating a set of strings anywhere would change the trace.
-        completed = subprocess.run(
-            [sys.executable, "-m", "moot.sim", "tasks", "--seed", "4"],
-            cwd=REPOSITORY,
-            env={**os.environ, "PYTHONHASHSEED": hash_seed},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert completed.returncode == 0, completed.stdout + completed.stderr
-        assert "check passed: every submitted job in the table and final" in completed.stdout
-        match = re.search(r"^trace_hash=([0-9a-f]{64})$", completed.stdout, re.MULTILINE)
-        assert match is not None, completed.stdout + completed.stderr
-        hashes.append(match.group(1))
-    assert hashes[0] == hashes[1]
+    first, second = trace_hashes("tasks", "--seed", "4")
+    assert first == second
+    assert "check passed: every submitted job in the table and final" in run_sim("tasks", "--seed", "4").stdout
 
 
 def test_cli_rejects_bad_options() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "moot.sim", "tasks", "--seed", "1", "--submitters", "0"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    completed = run_sim("tasks", "--seed", "1", "--submitters", "0")
     assert completed.returncode == 2
     assert "--submitters" in completed.stderr
