@@ -15,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from moot.client.client import Client, connect
+    from moot.client.client import Client, connect, get_client
     from moot.client.errors import (
         BadRequest,
         MootError,
@@ -38,6 +38,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Client": "moot.client.client",
     "connect": "moot.client.client",
+    "get_client": "moot.client.client",
     "BadRequest": "moot.client.errors",
     "MootError": "moot.client.errors",
     "NoQuorum": "moot.client.errors",
@@ -80,6 +81,7 @@ __all__ = [
     "__version__",
     "as_completed",
     "connect",
+    "get_client",
     "local",
     "progress",
 ]

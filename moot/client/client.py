@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from moot.client import mapreduce
 from moot.client.errors import BadRequest, MootError, Timeout, Unavailable, error_from_reply
 from moot.client.kv import Kv
 from moot.client.objects import Objects
@@ -131,6 +133,48 @@ class Client:
     def jobs(self) -> list[wire.JobSummary]:
         """Every job the federation keeps, with its counts (``moot job ls``)."""
         return self.tasks.jobs()
+
+    def map_reduce(
+        self,
+        inputs: Any,
+        mapper: Callable[[Any], Iterable[tuple[Any, Any]]],
+        reducer: Callable[[Any, list[Any]], Any],
+        *,
+        combiner: Callable[[Any, list[Any]], Any] | None = None,
+        partitions: int = 8,
+        split_bytes: int = mapreduce.SPLIT_BYTES_DEFAULT,
+        output: str | os.PathLike[str] | None = None,
+        retries: int = 0,
+        backups: bool = True,
+        progress: mapreduce.ProgressHook | None = None,
+        stats: mapreduce.RunStats | None = None,
+    ) -> dict[Any, Any]:
+        """MapReduce over ``inputs`` on the federation; ``{key: reducer(key, values)}``.
+
+        ``inputs``: paths, globs or fsspec URLs of text files (a record is one
+        line without its newline), or any iterable of Python records.
+        ``mapper(record)`` yields ``(key, value)`` pairs; ``combiner(key,
+        values)`` folds values on the map side (it must return what the
+        reducer can take as one more value); ``reducer(key, values)`` makes
+        the key's result. With ``output=DIR`` the result goes to partition
+        files ``DIR/part-NNNNN`` (``key<TAB>value`` lines) and the return
+        value maps each file to its number of keys. ``progress(phase, done,
+        total)`` is called as tasks finish; ``stats`` (a ``RunStats``) is
+        filled in. See ``moot.client.mapreduce`` for how it runs."""
+        return mapreduce.map_reduce(
+            self,
+            inputs,
+            mapper,
+            reducer,
+            combiner=combiner,
+            partitions=partitions,
+            split_bytes=split_bytes,
+            output=output,
+            retries=retries,
+            backups=backups,
+            progress=progress,
+            stats=stats,
+        )
 
     def executor(self, **options: Any) -> Executor:
         """A ``concurrent.futures.Executor`` running on the federation (options as for ``submit``)."""
@@ -263,3 +307,23 @@ def connect(
         pinned=pinned,
         local_reads=local_reads,
     )
+
+
+_task_client: Client | None = None
+_task_client_lock = threading.Lock()
+
+
+def get_client() -> Client:
+    """Inside a task: a client of the federation through the node that runs
+    the task (one per worker process, made on first use), for the object
+    store, the database and more tasks — Dask's ``get_client``, Ray's
+    ``ray.get`` inside a task. Outside a task it raises ``BadRequest``."""
+    global _task_client
+    address = os.environ.get("MOOT_NODE_ADDRESS")
+    cluster = os.environ.get("MOOT_CLUSTER_DIR")
+    if not address or not cluster:
+        raise BadRequest("moot.get_client() works inside a task; elsewhere connect with moot.connect(ADDRESSES, cluster=DIR)")
+    with _task_client_lock:
+        if _task_client is None:
+            _task_client = connect(address, cluster=cluster)
+        return _task_client

@@ -15,6 +15,7 @@ import hmac
 import logging
 import random
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -206,7 +207,7 @@ class Node:
             self.config,
             node_id=self.node_id,
             address=self.options.address,
-            labels=gossiped_labels(self.options.labels, self.options.resources),
+            labels=gossiped_labels({"host": socket.gethostname(), **self.options.labels}, self.options.resources),
             cpus=self.options.cpus,
             rng=random.Random(),
             now_ms=now,
@@ -262,6 +263,10 @@ class Node:
             logger=self.log,
             cpus=self.options.cpus,
             memory_limit_bytes=self.options.task_memory_bytes,
+            worker_environment={
+                "MOOT_NODE_ADDRESS": self.options.address,
+                "MOOT_CLUSTER_DIR": str(self.options.cluster_dir.resolve()),
+            },
         )
         try:
             await self.tasks.start()

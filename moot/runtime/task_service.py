@@ -29,7 +29,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -94,6 +94,7 @@ class TaskService:
         logger: StructuredLogger,
         cpus: int,
         memory_limit_bytes: int | None = None,
+        worker_environment: Mapping[str, str] | None = None,
     ) -> None:
         self.node_id = node_id
         self.transport = transport
@@ -104,6 +105,7 @@ class TaskService:
         self._address_of = address_of
         self._workers_now = workers_now
         self.pool = WorkerPool(cpus, memory_limit_bytes=memory_limit_bytes) if cpus > 0 else None
+        self._worker_environment = {"MOOT_NODE_ID": node_id, **(worker_environment or {})}
         # leader
         self.leader: TaskLeader | None = None
         self._schedule_pending = False
@@ -128,8 +130,9 @@ class TaskService:
 
     async def start(self) -> None:
         if self.pool is not None:
-            # Tasks can ask where they run (workers inherit the environment).
-            os.environ["MOOT_NODE_ID"] = self.node_id
+            # Tasks can ask where they run and reach the federation through
+            # this node (``moot.get_client()``): workers inherit the environment.
+            os.environ.update(self._worker_environment)
             await self.pool.start()
 
     async def run(self) -> None:

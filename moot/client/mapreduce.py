@@ -1,0 +1,641 @@
+"""``client.map_reduce``: MapReduce (Dean and Ghemawat, OSDI 2004) on the
+durable tasks and the object store.
+
+1. **Splits.** Text inputs (paths, globs, fsspec URLs) are cut into byte
+   ranges of about ``split_bytes``; a map task owns the lines that *start*
+   in its range (it skips a partial first line and reads through the end of
+   its last one), so every line is read once. Any other iterable is a
+   sequence of Python records, pickled in chunks of about ``split_bytes``
+   (task arguments: large ones travel through the object store, and the
+   scheduler places a map near its chunk's holders).
+2. **Map.** One task per split: ``mapper(record)`` yields ``(key, value)``
+   pairs; ``combiner(key, values)`` folds each key's values on the map side
+   (as they accumulate, so memory stays bounded); the pairs are partitioned
+   by a *stable* hash of the key (Python's ``hash`` differs between
+   processes) into ``partitions`` shuffle objects, stored in the object
+   store and pinned for the run. Local files are read where they lie: those
+   maps run on nodes of the machine the driver found them on (the ``host``
+   label every node carries).
+3. **Reduce.** One task per partition fetches its shuffle objects (from the
+   nearest holder; on the same machine, straight from the node's files),
+   groups the values by key and calls ``reducer(key, values)``.
+4. **Failures.** Tasks are durable: any node may die, the leader included,
+   and the run goes on. A reduce that finds a map output lost (no holder
+   left) says which maps made it; the driver runs those maps again, then
+   the reduce — the paper's re-execution. Near the end of each phase the
+   driver starts a backup copy of every task still running once it has run
+   twice as long as the phase's median; the first copy to finish wins, the
+   other is cancelled (the paper's backup tasks, against stragglers).
+5. A mapper or reducer that raises fails the run with the user's own
+   exception and remote traceback, with a note naming the record (file and
+   byte offset, or record number) or the key — after ``retries``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import glob as globbing
+import os
+import pickle
+import socket
+import statistics
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import cloudpickle
+
+from moot.client.errors import BadRequest, MootError, NotFound, Timeout, Unavailable
+
+if TYPE_CHECKING:
+    from moot.client.client import Client
+    from moot.client.tasks import Future
+
+SPLIT_BYTES_DEFAULT: Final = 64 * 1024 * 1024
+SPLIT_BYTES_MIN: Final = 1024
+PARTITIONS_MAX: Final = 10_000
+COMBINE_EVERY: Final = 64  # values of one key folded by the combiner once this many wait
+BACKUP_AFTER_DONE: Final = 0.75  # backups start once this share of a phase is done...
+BACKUP_SLOWDOWN: Final = 2.0  # ... for tasks running this many times the median finish time
+BACKUP_AFTER_S_MIN: Final = 0.5  # never before the phase ran this long
+INFRASTRUCTURE_RETRIES: Final = 3  # a task that failed on the store or the network runs again
+RE_EXECUTIONS_MAX: Final = 5  # rounds of re-running maps whose outputs were lost
+POLL_S: Final = 0.05
+PIN_PREFIX: Final = "mapreduce-"
+
+Mapper = Callable[[Any], Iterable[tuple[Any, Any]]]
+Reducer = Callable[[Any, list[Any]], Any]
+
+
+class MapOutputLost(MootError):
+    """A reduce found map outputs that no node holds any more (raised in the
+    reduce task; the driver re-runs the maps named in ``maps``)."""
+
+    def __init__(self, maps: Sequence[int], detail: str = "") -> None:
+        super().__init__(f"map outputs lost: maps {list(maps)} {detail}".strip())
+        self.maps = list(maps)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MapOutputLost, (self.maps,))
+
+
+# -- splits ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """Lines of ``url`` (a path or an fsspec URL) that start in ``[start, end)``."""
+
+    url: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class TextSplit:
+    """One map's text: a range of a large file, or several small files
+    whole (Hadoop's combined splits: a task per tiny file would cost more
+    than reading it)."""
+
+    ranges: tuple[FileRange, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSplit:
+    """Records ``first .. first + count - 1`` of an iterable input, pickled."""
+
+    data: bytes
+    first: int
+    count: int
+
+
+Split = TextSplit | RecordSplit
+
+
+def plan_splits(inputs: Any, split_bytes: int) -> tuple[list[Split], dict[str, str]]:
+    """The splits of ``inputs`` and the placement their maps need (local
+    files: this machine). Raises ``BadRequest`` before anything runs when a
+    glob matches nothing or a file cannot be read."""
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
+    items = list(inputs) if not isinstance(inputs, Iterator) else None
+    if items is not None and items and all(isinstance(item, str | os.PathLike) for item in items):
+        return _text_splits([os.fspath(item) for item in items], split_bytes)
+    return _record_splits(items if items is not None else inputs, split_bytes), {}
+
+
+def _text_splits(patterns: list[str], split_bytes: int) -> tuple[list[Split], dict[str, str]]:
+    files: list[tuple[str, int]] = []
+    local = False
+    for pattern in patterns:
+        if "://" in pattern and not pattern.startswith("file://"):
+            files.extend(_remote_files(pattern))
+            continue
+        path = pattern.removeprefix("file://")
+        if globbing.has_magic(path):
+            matched = sorted(p for p in globbing.glob(path, recursive=True) if os.path.isfile(p))
+            if not matched:
+                raise BadRequest(f"{pattern!r} matches no file; check the pattern (quote it so the shell leaves it alone)")
+        else:
+            matched = [path]
+        for name in matched:
+            try:
+                with open(name, "rb"):
+                    pass
+                size = os.path.getsize(name)
+            except OSError as error:
+                raise BadRequest(f"cannot read {name}: {error.strerror or error}; nothing was run") from None
+            files.append((os.path.abspath(name), size))
+            local = True
+    if not files:
+        raise BadRequest("map_reduce() got no input files")
+    splits: list[Split] = []
+    packed: list[FileRange] = []
+    packed_bytes = 0
+    for url, size in files:
+        for start in range(0, max(size, 1), split_bytes):
+            piece = FileRange(url, start, min(size, start + split_bytes))
+            if packed and packed_bytes + (piece.end - piece.start) > split_bytes:
+                splits.append(TextSplit(tuple(packed)))
+                packed, packed_bytes = [], 0
+            packed.append(piece)
+            packed_bytes += piece.end - piece.start
+    if packed:
+        splits.append(TextSplit(tuple(packed)))
+    return splits, ({"host": socket.gethostname()} if local else {})
+
+
+def _remote_files(url: str) -> list[tuple[str, int]]:
+    try:
+        import fsspec
+    except ImportError:  # pragma: no cover - a dependency of moot
+        raise BadRequest(f"{url}: fsspec URLs need the fsspec package") from None
+    try:
+        files = fsspec.open_files(url, "rb")
+        found = [(f"{f.fs.unstrip_protocol(f.path)}", int(f.fs.size(f.path))) for f in files]
+    except Exception as error:
+        raise BadRequest(f"cannot list {url}: {type(error).__name__}: {error}") from None
+    if not found:
+        raise BadRequest(f"{url!r} matches no file")
+    return found
+
+
+def _record_splits(records: Iterable[Any], split_bytes: int) -> list[Split]:
+    splits: list[Split] = []
+    chunk: list[Any] = []
+    size = 0
+    first = 0
+    for index, record in enumerate(records):
+        try:
+            size += len(pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception:
+            try:
+                size += len(cloudpickle.dumps(record))
+            except Exception as error:
+                raise BadRequest(
+                    f"input record {index} ({type(record).__name__}) cannot be pickled: {error}"
+                ) from None
+        chunk.append(record)
+        if size >= split_bytes:
+            splits.append(RecordSplit(cloudpickle.dumps(chunk), first, len(chunk)))
+            first = index + 1
+            chunk, size = [], 0
+    if chunk:
+        splits.append(RecordSplit(cloudpickle.dumps(chunk), first, len(chunk)))
+    if not splits:
+        raise BadRequest("map_reduce() got no input records")
+    return splits
+
+
+# -- what runs in the workers ------------------------------------------------------------
+
+
+def _open(url: str) -> Any:
+    if "://" in url:
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    return open(url, "rb")
+
+
+def _text_records(split: FileRange) -> Iterator[tuple[str, Callable[[], str]]]:
+    """The range's lines (no newline), each with how to name where it is."""
+    with _open(split.url) as handle:
+        position = split.start
+        if position > 0:
+            handle.seek(position - 1)
+            position += len(handle.readline()) - 1  # the line that began before us is not ours
+        if position >= split.end and split.end > split.start:
+            return
+        data = handle.read(max(0, split.end - position))
+        if data and not data.endswith(b"\n"):
+            data += handle.readline()  # our last line runs past the end
+    if not data:
+        return
+    offset = position
+    for raw in data.split(b"\n")[: -1 if data.endswith(b"\n") else None]:
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        at = offset
+        yield line.decode("utf-8", errors="replace"), lambda at=at: f"{split.url} at byte {at}"  # type: ignore[misc]
+        offset += len(raw) + 1
+
+
+def _split_records(split: Split) -> Iterator[tuple[Any, Callable[[], str]]]:
+    if isinstance(split, TextSplit):
+        for piece in split.ranges:
+            yield from _text_records(piece)
+        return
+    for number, record in enumerate(pickle.loads(split.data), start=split.first):
+        yield record, lambda number=number: f"input record {number}"  # type: ignore[misc]
+
+
+def stable_hash(key: Any) -> int:
+    """A hash of ``key`` that every process agrees on (equal str, bytes,
+    int, bool, float, None and tuples of them hash equal); other keys by
+    their pickle."""
+    return zlib.crc32(_key_bytes(key))
+
+
+def _key_bytes(key: Any) -> bytes:
+    if isinstance(key, str):
+        return b"s" + key.encode("utf-8", "surrogatepass")
+    if isinstance(key, bytes):
+        return b"b" + key
+    if isinstance(key, bool | int):
+        return b"i" + str(int(key)).encode()
+    if isinstance(key, float):
+        return b"i" + str(int(key)).encode() if key.is_integer() else b"f" + repr(key).encode()
+    if key is None:
+        return b"n"
+    if isinstance(key, tuple):
+        return b"t" + b"\x00".join(_key_bytes(part) for part in key)
+    try:
+        return b"p" + pickle.dumps(key, protocol=4)
+    except Exception as error:
+        raise TypeError(
+            f"the mapper emitted a key of type {type(key).__name__} that cannot be pickled ({error}); "
+            "keys travel to the reducers, so they must pickle (str, int, tuples ... do)"
+        ) from None
+
+
+def run_map(
+    split: Split,
+    *,
+    mapper: Mapper,
+    combiner: Reducer | None,
+    partitions: int,
+    pin: str,
+) -> list[tuple[str, int] | None]:
+    """One map task: its split's pairs, combined and partitioned, stored as
+    shuffle objects; returns ``(object id, keys)`` per partition (None: empty)."""
+    from moot.client.client import get_client
+
+    groups: list[dict[Any, list[Any]]] = [{} for _ in range(partitions)]
+    for record, where in _split_records(split):
+        try:
+            for key, value in mapper(record):
+                group = groups[stable_hash(key) % partitions]
+                values = group.get(key)
+                if values is None:
+                    group[key] = [value]
+                else:
+                    values.append(value)
+                    if combiner is not None and len(values) >= COMBINE_EVERY:
+                        values[:] = [combiner(key, values)]
+        except Exception as error:
+            error.add_note(f"moot map_reduce: the mapper (or combiner) failed on {where()}")
+            raise
+    client = get_client()
+    refs: list[tuple[str, int] | None] = []
+    for group in groups:
+        if not group:
+            refs.append(None)
+            continue
+        if combiner is not None:
+            for key, values in group.items():
+                if len(values) > 1:
+                    try:
+                        values[:] = [combiner(key, values)]
+                    except Exception as error:
+                        error.add_note(f"moot map_reduce: the combiner failed on key {key!r:.200}")
+                        raise
+        data = _dumps_partition(group)
+        ref = client.objects.put(data, pin=pin)
+        refs.append((ref.id, len(group)))
+    return refs
+
+
+def _dumps_partition(group: dict[Any, list[Any]]) -> bytes:
+    try:
+        return pickle.dumps(list(group.items()), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        pass
+    for key, values in group.items():
+        _key_bytes(key)  # names an unpicklable key
+        try:
+            cloudpickle.dumps(values)
+        except Exception as error:
+            raise TypeError(
+                f"the mapper emitted a value for key {key!r:.200} that cannot be pickled: {error}"
+            ) from None
+    return bytes(cloudpickle.dumps(list(group.items())))
+
+
+def run_reduce(
+    inputs: Sequence[tuple[int, str]],
+    *,
+    reducer: Reducer,
+) -> dict[Any, Any]:
+    """One reduce task: fetch the partition's shuffle objects (``(map, object
+    id)`` each), group by key, reduce; returns ``{key: value}``."""
+    from moot.client.client import get_client
+
+    client = get_client()
+    groups: dict[Any, list[Any]] = {}
+    lost: list[int] = []
+    for map_index, object_id in inputs:
+        try:
+            data = client.objects.get(object_id)
+        except (NotFound, Unavailable, Timeout):
+            lost.append(map_index)
+            continue
+        if lost:
+            continue  # the run will come back: no need to group what we have
+        for key, values in pickle.loads(data):
+            known = groups.get(key)
+            if known is None:
+                groups[key] = values
+            else:
+                known.extend(values)
+    if lost:
+        raise MapOutputLost(lost)
+    reduced: dict[Any, Any] = {}
+    for key, values in groups.items():
+        try:
+            reduced[key] = reducer(key, values)
+        except Exception as error:
+            error.add_note(f"moot map_reduce: the reducer failed on key {key!r:.200}")
+            raise
+    return reduced
+
+
+# -- the driver ----------------------------------------------------------------------------
+
+
+ProgressHook = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass(slots=True)
+class RunStats:
+    """What a run did (``Client.map_reduce(..., stats=RunStats())`` fills it)."""
+
+    splits: int = 0
+    partitions: int = 0
+    map_seconds: float = 0.0
+    reduce_seconds: float = 0.0
+    backups: int = 0
+    backups_won: int = 0
+    maps_re_executed: int = 0
+    retried: int = 0
+
+
+def map_reduce(
+    client: Client,
+    inputs: Any,
+    mapper: Mapper,
+    reducer: Reducer,
+    *,
+    combiner: Reducer | None = None,
+    partitions: int = 8,
+    split_bytes: int = SPLIT_BYTES_DEFAULT,
+    output: str | os.PathLike[str] | None = None,
+    retries: int = 0,
+    backups: bool = True,
+    progress: ProgressHook | None = None,
+    stats: RunStats | None = None,
+) -> dict[Any, Any]:
+    """See ``Client.map_reduce``."""
+    for name, function in (("mapper", mapper), ("reducer", reducer), ("combiner", combiner)):
+        if function is not None and not callable(function):
+            raise BadRequest(f"map_reduce(): {name} must be a function, not {type(function).__name__}")
+    if not 1 <= partitions <= PARTITIONS_MAX:
+        raise BadRequest(f"map_reduce(): partitions must be within 1..{PARTITIONS_MAX}, not {partitions}")
+    if split_bytes < SPLIT_BYTES_MIN:
+        raise BadRequest(f"map_reduce(): split_bytes must be at least {SPLIT_BYTES_MIN}, not {split_bytes}")
+    out_dir = Path(output) if output is not None else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise BadRequest(f"map_reduce(): output {out_dir} exists and is not a directory")
+    splits, placement = plan_splits(inputs, split_bytes)
+    stats = stats if stats is not None else RunStats()
+    stats.splits, stats.partitions = len(splits), partitions
+    pin = f"{PIN_PREFIX}{uuid.uuid4().hex}"
+    map_task = functools.partial(run_map, mapper=mapper, combiner=combiner, partitions=partitions, pin=pin)
+    reduce_task = functools.partial(run_reduce, reducer=reducer)
+    stored: list[str] = []
+    try:
+        started = time.monotonic()
+        map_outputs = _Phase(client, "map", map_task, splits, placement, retries, backups, progress, stats).run()
+        stats.map_seconds = time.monotonic() - started
+        stored.extend(ref[0] for refs in map_outputs for ref in refs if ref is not None)
+        started = time.monotonic()
+        reduced = _reduce_phase(
+            client, reduce_task, map_task, splits, placement, map_outputs, partitions, retries, backups, progress, stats, stored
+        )
+        stats.reduce_seconds = time.monotonic() - started
+    finally:
+        _unpin(client, stored, pin)
+    if out_dir is None:
+        merged: dict[Any, Any] = {}
+        for part in reduced:
+            merged.update(part)
+        return merged
+    return _write_output(out_dir, reduced)
+
+
+def _reduce_phase(
+    client: Client,
+    reduce_task: Callable[..., Any],
+    map_task: Callable[..., Any],
+    splits: list[Split],
+    placement: Mapping[str, str],
+    map_outputs: list[Any],
+    partitions: int,
+    retries: int,
+    backups: bool,
+    progress: ProgressHook | None,
+    stats: RunStats,
+    stored: list[str],
+) -> list[dict[Any, Any]]:
+    results: list[dict[Any, Any] | None] = [None] * partitions
+    todo = list(range(partitions))
+    for _ in range(RE_EXECUTIONS_MAX + 1):
+        inputs = [
+            [(m, refs[r][0]) for m, refs in enumerate(map_outputs) if refs[r] is not None] for r in todo
+        ]
+        phase = _Phase(client, "reduce", reduce_task, inputs, {}, retries, backups, progress, stats, lost_ok=True)
+        outcomes = phase.run()
+        lost: set[int] = set()
+        again = []
+        for r, outcome in zip(todo, outcomes, strict=True):
+            if isinstance(outcome, MapOutputLost):
+                lost.update(outcome.maps)
+                again.append(r)
+            else:
+                results[r] = outcome
+        if not again:
+            return [result if result is not None else {} for result in results]
+        # The paper's re-execution: the maps whose outputs are gone run again.
+        indexes = sorted(lost)
+        stats.maps_re_executed += len(indexes)
+        redone = _Phase(
+            client, "map (re-run)", map_task, [splits[i] for i in indexes], placement, retries, backups, progress, stats
+        ).run()
+        for index, refs in zip(indexes, redone, strict=True):
+            map_outputs[index] = refs
+            stored.extend(ref[0] for ref in refs if ref is not None)
+        todo = again
+    raise Unavailable(f"map outputs kept getting lost after {RE_EXECUTIONS_MAX} re-executions; is the store healthy?")
+
+
+class _Phase:
+    """One phase's tasks, with retries of infrastructure failures and backups."""
+
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        function: Callable[..., Any],
+        items: Sequence[Any],
+        placement: Mapping[str, str],
+        retries: int,
+        backups: bool,
+        progress: ProgressHook | None,
+        stats: RunStats,
+        *,
+        lost_ok: bool = False,
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.function = function
+        self.items = items
+        self.placement = dict(placement)
+        self.retries = retries
+        self.backups = backups
+        self.progress = progress
+        self.stats = stats
+        self.lost_ok = lost_ok
+        self.copies: dict[int, list[Future]] = {}
+        self.index_of: dict[Future, int] = {}
+        self.retried: dict[int, int] = {}
+
+    def run(self) -> list[Any]:
+        count = len(self.items)
+        results: list[Any] = [None] * count
+        if not count:
+            return results
+        futures = self.client.map(
+            self.function, self.items, retries=self.retries, placement=self.placement or None
+        )
+        for index, future in enumerate(futures):
+            self._track(index, future)
+        pending = set(range(count))
+        started = time.monotonic()
+        finish_times: list[float] = []
+        self._report(count - len(pending), count)
+        try:
+            while pending:
+                waiting = [future for index in pending for future in self.copies[index]]
+                done, _ = concurrent.futures.wait(waiting, timeout=POLL_S, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in cast("set[Future]", done):
+                    index = self.index_of[future]
+                    if index not in pending or future.cancelled():
+                        continue
+                    error = future.exception()
+                    if error is None:
+                        results[index] = future.result()
+                    elif self.lost_ok and isinstance(error, MapOutputLost):
+                        results[index] = error
+                    elif self._other_copy_runs(index, future):
+                        self.copies[index].remove(future)
+                        continue
+                    elif _infrastructure(error) and self.retried.get(index, 0) < INFRASTRUCTURE_RETRIES:
+                        self.retried[index] = self.retried.get(index, 0) + 1
+                        self.stats.retried += 1
+                        self.copies[index].remove(future)
+                        self._track(index, self._submit(index))
+                        continue
+                    else:
+                        raise error
+                    if len(self.copies[index]) > 1 and future is not self.copies[index][0]:
+                        self.stats.backups_won += 1
+                    pending.discard(index)
+                    finish_times.append(time.monotonic() - started)
+                    for other in self.copies[index]:
+                        if other is not future:
+                            other.cancel()
+                    self._report(count - len(pending), count)
+                if self.backups and pending:
+                    self._start_backups(pending, started, finish_times, count)
+        except BaseException:
+            for index in pending:
+                for future in self.copies.get(index, []):
+                    future.cancel()
+            raise
+        return results
+
+    def _track(self, index: int, future: Future) -> None:
+        self.copies.setdefault(index, []).append(future)
+        self.index_of[future] = index
+
+    def _submit(self, index: int) -> Future:
+        return self.client.submit(
+            self.function, self.items[index], retries=self.retries, placement=self.placement or None
+        )
+
+    def _other_copy_runs(self, index: int, failed: Future) -> bool:
+        return any(not other.done() for other in self.copies[index] if other is not failed)
+
+    def _start_backups(self, pending: set[int], started: float, finish_times: list[float], count: int) -> None:
+        if len(finish_times) < max(1, BACKUP_AFTER_DONE * count):
+            return
+        elapsed = time.monotonic() - started
+        if elapsed < max(BACKUP_AFTER_S_MIN, BACKUP_SLOWDOWN * statistics.median(finish_times)):
+            return
+        for index in sorted(pending):
+            if len(self.copies[index]) == 1:
+                self.stats.backups += 1
+                self._track(index, self._submit(index))
+
+    def _report(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(self.name, done, total)
+
+
+def _infrastructure(error: BaseException) -> bool:
+    """A failure of the federation (not the user's code) inside a task."""
+    return isinstance(error, Unavailable | Timeout | NotFound) or type(error).__name__ in ("Unavailable", "Timeout")
+
+
+def _unpin(client: Client, object_ids: list[str], pin: str) -> None:
+    for object_id in dict.fromkeys(object_ids):
+        try:
+            client.objects.unpin(object_id, pin)
+        except MootError:
+            continue  # the collector takes it after the grace period anyway
+
+
+def _write_output(directory: Path, parts: list[dict[Any, Any]]) -> dict[Any, Any]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written: dict[Any, Any] = {}
+    for index, part in enumerate(parts):
+        path = directory / f"part-{index:05d}"
+        with path.open("w", encoding="utf-8") as handle:
+            for key, value in part.items():
+                handle.write(f"{key}\t{value}\n")
+        written[str(path)] = len(part)
+    return written
