@@ -114,7 +114,11 @@ class Kv:
         self._inflight: set[int] = set()
         self._lock = threading.Lock()
         self._leader: str | None = None
-        self._request_ids = itertools.count(1)
+        # The client's own counter: requests of the KV, task and object parts
+        # share connections, and two with one id collide on a connection
+        # (found: members() during a map_reduce failed with "request_id 1 is
+        # already waiting for a reply").
+        self._request_ids = client._request_ids
 
     # -- writes ------------------------------------------------------------------------
 

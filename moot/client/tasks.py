@@ -239,7 +239,7 @@ class TaskClient:
         self._lock = threading.Lock()
         self._watcher: asyncio.Task[None] | None = None
         self._connection: ClientConnection | None = None
-        self._request_ids = itertools.count(1)
+        self._request_ids = client._request_ids  # shared: see Kv.__init__
         self._wake_watcher: asyncio.Event | None = None
         self._submit_queue: collections.deque[_Queued] = collections.deque()
         self._outgoing: list[wire.Message] = []

@@ -291,3 +291,14 @@ def test_a_job_finishes_exactly_once_while_the_leader_the_clients_node_and_a_wor
             summary = client.job(job_id).status()
     assert (summary.state, summary.done, summary.failed) == ("finished", count, 0)
     assert summary.commits == count, "each task's result committed exactly once"
+
+
+def test_a_client_can_ask_other_things_while_its_jobs_are_watched(client: moot.Client) -> None:
+    # Regression: the KV, task and object parts of a client numbered their
+    # requests from 1 each, on shared connections; members() while a job
+    # was watched failed with "request_id 1 is already waiting for a reply".
+    future = client.submit(sleep_for, 1.0)
+    for index in range(5):
+        assert client.members()
+        client.kv.put(f"busy/{index}", "x")
+    assert future.result(timeout=60) == 1.0
