@@ -7,8 +7,10 @@ never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -701,3 +703,109 @@ def job_cancel(job_id: str, cluster: ClusterOption, node: NodesOption) -> None:
     if not cancelled:
         raise fail(f"job {job_id} is finished or cancelled already")
     console.print(f"cancelled {job_id}")
+
+
+# -- mapreduce -------------------------------------------------------------------------------
+
+
+def load_job(path: Path) -> tuple[Any, Any, Any]:
+    """``mapper``, ``reducer`` and (optional) ``combiner`` from a job file; the
+    file's functions travel by value (the workers cannot import it)."""
+    import importlib.util
+
+    import cloudpickle
+
+    if not path.is_file():
+        raise fail(f"{path} is not a file: give the Python file that defines mapper and reducer")
+    name = f"moot_job_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise fail(f"{path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        raise fail(f"{path} raised {type(error).__name__}: {error}") from None
+    cloudpickle.register_pickle_by_value(module)
+    missing = [function for function in ("mapper", "reducer") if not callable(getattr(module, function, None))]
+    if missing:
+        raise fail(f"{path} must define {' and '.join(missing)} (functions): mapper(record) -> (key, value) pairs, reducer(key, values) -> value")
+    return module.mapper, module.reducer, getattr(module, "combiner", None)
+
+
+@app.command("mapreduce")
+def mapreduce_command(
+    job: Annotated[Path, typer.Argument(help="A Python file defining mapper(record), reducer(key, values) and optionally combiner(key, values).")],
+    inputs: Annotated[list[str], typer.Argument(help="Text files, globs (quoted) or fsspec URLs; a record is one line.")],
+    cluster: ClusterOption,
+    node: NodesOption,
+    partitions: Annotated[int, typer.Option(min=1, help="Reduce tasks (and output files).")] = 8,
+    split_mb: Annotated[float, typer.Option(min=0.001, help="About this many MiB of input per map task.")] = 64.0,
+    output: Annotated[Path | None, typer.Option(help="Write DIR/part-NNNNN files (key<TAB>value) instead of printing.")] = None,
+    top: Annotated[int, typer.Option(min=0, help="Print only the N keys with the largest values.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+    retries: Annotated[int, typer.Option(min=0, help="Runs again of a task whose mapper or reducer raised.")] = 0,
+) -> None:
+    """Run a MapReduce job on the federation: word counts and the like."""
+    from moot.client.client import connect
+    from moot.client.errors import MootError
+
+    mapper, reducer, combiner = load_job(job)
+    try:
+        with connect(node, cluster=cluster) as client, phase_progress(error_console) as progress:
+            result = client.map_reduce(
+                inputs,
+                mapper,
+                reducer,
+                combiner=combiner,
+                partitions=partitions,
+                split_bytes=max(1024, int(split_mb * 1024 * 1024)),
+                output=output,
+                retries=retries,
+                progress=progress,
+            )
+    except MootError as error:
+        raise fail(f"{type(error).__name__}: {error}") from None
+    except Exception as error:  # the mapper's or reducer's own exception
+        notes = "; ".join(getattr(error, "__notes__", []))
+        raise fail(f"the job failed: {type(error).__name__}: {error}" + (f" ({notes})" if notes else "")) from None
+    if output is not None:
+        error_console.print(f"wrote {sum(result.values())} keys to {len(result)} files in {output}")
+        return
+    items = list(result.items())
+    if top:
+        items = sorted(items, key=lambda item: (-item[1], str(item[0])))[:top]
+    else:
+        items.sort(key=lambda item: str(item[0]))
+    if as_json:
+        try:
+            console.file.write(json.dumps(dict(items)) + "\n")
+        except TypeError as error:
+            raise fail(f"the result is not JSON ({error}); run without --json") from None
+        return
+    for key, value in items:
+        console.file.write(f"{key}\t{value}\n")
+
+
+@contextlib.contextmanager
+def phase_progress(target: Console) -> Iterator[Any]:
+    """A ``progress(phase, done, total)`` hook drawing a bar per phase (nothing
+    when ``target`` is not a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not target.is_terminal:
+        yield None
+        return
+    bars: dict[str, Any] = {}
+    with Progress(
+        TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=target, transient=False,
+    ) as progress:
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in bars:
+                bars[phase] = progress.add_task(phase, total=total)
+            progress.update(bars[phase], completed=done, total=total)
+
+        yield update

@@ -22,10 +22,11 @@ durable tasks and the object store.
 4. **Failures.** Tasks are durable: any node may die, the leader included,
    and the run goes on. A reduce that finds a map output lost (no holder
    left) says which maps made it; the driver runs those maps again, then
-   the reduce — the paper's re-execution. Near the end of each phase the
-   driver starts a backup copy of every task still running once it has run
-   twice as long as the phase's median; the first copy to finish wins, the
-   other is cancelled (the paper's backup tasks, against stragglers).
+   the reduce — the paper's re-execution. Near the end of each phase — no
+   more tasks left than worker slots, so none should still be waiting — the
+   driver starts a backup copy of every task not done once the phase has run
+   twice its median finish time; the first copy to finish wins, the other is
+   cancelled (the paper's backup tasks, against stragglers).
 5. A mapper or reducer that raises fails the run with the user's own
    exception and remote traceback, with a note naming the record (file and
    byte offset, or record number) or the key — after ``retries``.
@@ -60,8 +61,7 @@ SPLIT_BYTES_DEFAULT: Final = 64 * 1024 * 1024
 SPLIT_BYTES_MIN: Final = 1024
 PARTITIONS_MAX: Final = 10_000
 COMBINE_EVERY: Final = 64  # values of one key folded by the combiner once this many wait
-BACKUP_AFTER_DONE: Final = 0.75  # backups start once this share of a phase is done...
-BACKUP_SLOWDOWN: Final = 2.0  # ... for tasks running this many times the median finish time
+BACKUP_SLOWDOWN: Final = 2.0  # backups once a phase ran this many times its median finish time
 BACKUP_AFTER_S_MIN: Final = 0.5  # never before the phase ran this long
 INFRASTRUCTURE_RETRIES: Final = 3  # a task that failed on the store or the network runs again
 RE_EXECUTIONS_MAX: Final = 5  # rounds of re-running maps whose outputs were lost
@@ -546,6 +546,7 @@ class _Phase:
         pending = set(range(count))
         started = time.monotonic()
         finish_times: list[float] = []
+        slots = self._slots() if self.backups else 0
         self._report(count - len(pending), count)
         try:
             while pending:
@@ -579,8 +580,8 @@ class _Phase:
                         if other is not future:
                             other.cancel()
                     self._report(count - len(pending), count)
-                if self.backups and pending:
-                    self._start_backups(pending, started, finish_times, count)
+                if self.backups and pending and len(pending) <= slots:
+                    self._start_backups(pending, started, finish_times)
         except BaseException:
             for index in pending:
                 for future in self.copies.get(index, []):
@@ -600,8 +601,17 @@ class _Phase:
     def _other_copy_runs(self, index: int, failed: Future) -> bool:
         return any(not other.done() for other in self.copies[index] if other is not failed)
 
-    def _start_backups(self, pending: set[int], started: float, finish_times: list[float], count: int) -> None:
-        if len(finish_times) < max(1, BACKUP_AFTER_DONE * count):
+    def _slots(self) -> int:
+        """Worker processes of the live members: more tasks left than this
+        and some are still waiting for a worker, not straggling."""
+        try:
+            members = self.client.members()
+        except MootError:
+            return 0
+        return sum(member.cpus for member in members if member.state == "alive")
+
+    def _start_backups(self, pending: set[int], started: float, finish_times: list[float]) -> None:
+        if not finish_times:
             return
         elapsed = time.monotonic() - started
         if elapsed < max(BACKUP_AFTER_S_MIN, BACKUP_SLOWDOWN * statistics.median(finish_times)):
