@@ -271,6 +271,16 @@ class Client:
             await self._drop(address)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        # Whatever else still runs on the loop (a request that began while
+        # the client closed, opening a connection of its own) ends here, as
+        # asyncio.run ends its tasks: a task left pending when the loop
+        # closes dies in the garbage collector (found: "Exception ignored in
+        # Client._connect ... Event loop is closed" after a close).
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        if others:
+            await asyncio.gather(*others, return_exceptions=True)
 
     def _run(self, coroutine: Coroutine[Any, Any, T], *, timeout_s: float | None) -> T:
         future = asyncio.run_coroutine_threadsafe(_with_timeout(coroutine, timeout_s), self._loop)

@@ -157,8 +157,10 @@ class LocalChunkServer:
                 with reader:
                     descriptors.append(os.dup(reader.fileno()))
                 present.append(True)
-            _send(connection, wire.LocalOpened(present=tuple(present)), descriptors)
+            # Counted before they leave: a client that has them may look at
+            # the count at once (found: a test read 0 before this thread ran on).
             self.opened += len(descriptors)
+            _send(connection, wire.LocalOpened(present=tuple(present)), descriptors)
         finally:
             for descriptor in descriptors:
                 os.close(descriptor)
