@@ -295,14 +295,13 @@ def run_map(
     shuffle objects; returns ``(object id, keys)`` per partition (None: empty)."""
     from moot.client.client import get_client
 
-    groups: list[dict[Any, list[Any]]] = [{} for _ in range(partitions)]
+    values_of: dict[Any, list[Any]] = {}
     for record, where in _split_records(split):
         try:
             for key, value in mapper(record):
-                group = groups[stable_hash(key) % partitions]
-                values = group.get(key)
+                values = values_of.get(key)
                 if values is None:
-                    group[key] = [value]
+                    values_of[key] = [value]
                 else:
                     values.append(value)
                     if combiner is not None and len(values) >= COMBINE_EVERY:
@@ -310,6 +309,11 @@ def run_map(
         except Exception as error:
             error.add_note(f"moot map_reduce: the mapper (or combiner) failed on {where()}")
             raise
+    # Partitioned once per distinct key, not per pair.
+    groups: list[dict[Any, list[Any]]] = [{} for _ in range(partitions)]
+    for key, values in values_of.items():
+        groups[stable_hash(key) % partitions][key] = values
+    del values_of
     client = get_client()
     refs: list[tuple[str, int] | None] = []
     for group in groups:

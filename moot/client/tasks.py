@@ -297,8 +297,9 @@ class TaskClient:
                 packed.append(pack_arguments(args, kwargs))
             except UnpicklableTask as error:
                 raise BadRequest(str(error)) from None
+        named = fn.func if isinstance(fn, functools.partial) else fn  # a partial goes by its function
         name = str(
-            getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+            getattr(named, "__qualname__", None) or getattr(named, "__name__", None) or type(named).__name__
         )
         job_id = uuid.uuid4().hex
         state = _JobState(job_id, name[: tasks.NAME_CHARS_MAX], [])

@@ -696,6 +696,7 @@ class JobSummary(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fi
     finished_ms: Sequence
     owner: Annotated[str, msgspec.Meta(max_length=tasks.NAME_CHARS_MAX)] = ""
     blocked: Annotated[str, msgspec.Meta(max_length=REASON_CHARS_MAX)] = ""
+    reruns: Sequence = 0  # runs beyond each task's first (a node died, a retry, a worker crash)
 
 
 class JobInfo(msgspec.Struct, frozen=True, tag=TAGS.JOB_INFO, forbid_unknown_fields=True):

@@ -518,8 +518,10 @@ class TaskService:
         summaries = []
         for job in jobs:
             counts: dict[str, int] = {}
+            reruns = 0
             for task in job.tasks:
                 counts[task.state] = counts.get(task.state, 0) + 1
+                reruns += max(0, task.runs - 1)
             blocked = ""
             if job.state in ("submitting", "running") and counts.get("pending"):
                 blocked = scheduling.blocked_reason(job.spec, workers)
@@ -540,6 +542,7 @@ class TaskService:
                     finished_ms=job.finished_ms,
                     owner=job.spec.owner,
                     blocked=wire.reason(blocked),
+                    reruns=reruns,
                 )
             )
         return wire.JobInfo(request_id=query.request_id, jobs=tuple(summaries))
