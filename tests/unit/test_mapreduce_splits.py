@@ -102,3 +102,19 @@ def test_the_hash_is_the_same_in_another_process() -> None:
         check=True,
     ).stdout
     assert out.strip() == str(here)
+
+
+def test_fsspec_urls_are_listed_and_read_through_fsspec() -> None:
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/moot-mr/a.txt", b"one\ntwo\n")
+    memory.pipe("/moot-mr/b.txt", b"three")
+    try:
+        splits, placement = plan_splits("memory://moot-mr/*.txt", 1024)
+        assert placement == {}, "no local files: maps may run anywhere"
+        assert lines_of(splits) == ["one", "two", "three"]
+        with pytest.raises(BadRequest, match="matches no file"):
+            plan_splits("memory://moot-mr/*.none", 1024)
+    finally:
+        memory.rm("/moot-mr", recursive=True)
