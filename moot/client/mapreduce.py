@@ -10,7 +10,8 @@ durable tasks and the object store.
    scheduler places a map near its chunk's holders).
 2. **Map.** One task per split: ``mapper(record)`` yields ``(key, value)``
    pairs; ``combiner(key, values)`` folds each key's values on the map side
-   (as they accumulate, so memory stays bounded); the pairs are partitioned
+   (every ``COMBINE_EVERY_RECORDS`` records, so memory stays bounded, and at
+   the end); the pairs are partitioned
    by a *stable* hash of the key (Python's ``hash`` differs between
    processes) into ``partitions`` shuffle objects, stored in the object
    store and pinned for the run. Local files are read where they lie: those
@@ -44,6 +45,7 @@ import statistics
 import time
 import uuid
 import zlib
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +62,7 @@ if TYPE_CHECKING:
 SPLIT_BYTES_DEFAULT: Final = 64 * 1024 * 1024
 SPLIT_BYTES_MIN: Final = 1024
 PARTITIONS_MAX: Final = 10_000
-COMBINE_EVERY: Final = 64  # values of one key folded by the combiner once this many wait
+COMBINE_EVERY_RECORDS: Final = 16_384  # the combiner folds what the map holds this often (memory)
 BACKUP_SLOWDOWN: Final = 2.0  # backups once a phase ran this many times its median finish time
 BACKUP_AFTER_S_MIN: Final = 0.5  # never before the phase ran this long
 INFRASTRUCTURE_RETRIES: Final = 3  # a task that failed on the store or the network runs again
@@ -223,35 +225,53 @@ def _open(url: str) -> Any:
     return open(url, "rb")
 
 
-def _text_records(split: FileRange) -> Iterator[tuple[str, Callable[[], str]]]:
-    """The range's lines (no newline), each with how to name where it is."""
-    with _open(split.url) as handle:
-        position = split.start
-        if position > 0:
-            handle.seek(position - 1)
-            position += len(handle.readline()) - 1  # the line that began before us is not ours
-        if position >= split.end and split.end > split.start:
+class _Records:
+    """A split's records; ``where()`` names the one yielded last (for errors).
+
+    Text is decoded a range at a time and cut at newlines (no newline, no
+    trailing ``\r``): per line, one attribute store is all the bookkeeping."""
+
+    def __init__(self, split: Split) -> None:
+        self.split = split
+        self._range: FileRange | None = None
+        self._start = 0
+        self._index = -1
+
+    def __iter__(self) -> Iterator[Any]:
+        split = self.split
+        if isinstance(split, RecordSplit):
+            self._start = split.first
+            for self._index, record in enumerate(pickle.loads(split.data)):
+                yield record
             return
-        data = handle.read(max(0, split.end - position))
-        if data and not data.endswith(b"\n"):
-            data += handle.readline()  # our last line runs past the end
-    if not data:
-        return
-    offset = position
-    for raw in data.split(b"\n")[: -1 if data.endswith(b"\n") else None]:
-        line = raw[:-1] if raw.endswith(b"\r") else raw
-        at = offset
-        yield line.decode("utf-8", errors="replace"), lambda at=at: f"{split.url} at byte {at}"  # type: ignore[misc]
-        offset += len(raw) + 1
-
-
-def _split_records(split: Split) -> Iterator[tuple[Any, Callable[[], str]]]:
-    if isinstance(split, TextSplit):
         for piece in split.ranges:
-            yield from _text_records(piece)
-        return
-    for number, record in enumerate(pickle.loads(split.data), start=split.first):
-        yield record, lambda number=number: f"input record {number}"  # type: ignore[misc]
+            self._range = piece
+            yield from self._lines(piece)
+
+    def where(self) -> str:
+        if self._range is None:
+            return f"input record {self._start + self._index}"
+        return f"{self._range.url}, line {self._index + 1} of the text from byte {self._start}"
+
+    def _lines(self, piece: FileRange) -> Iterator[str]:
+        with _open(piece.url) as handle:
+            position = piece.start
+            if position > 0:
+                handle.seek(position - 1)
+                position += len(handle.readline()) - 1  # the line that began before us is not ours
+            if position >= piece.end and piece.end > piece.start:
+                return
+            data = handle.read(max(0, piece.end - position))
+            if data and not data.endswith(b"\n"):
+                data += handle.readline()  # our last line runs past the end
+        if not data:
+            return
+        self._start = position
+        lines = data.decode("utf-8", errors="replace").split("\n")
+        if data.endswith(b"\n"):
+            lines.pop()
+        for self._index, line in enumerate(lines):
+            yield line[:-1] if line.endswith("\r") else line
 
 
 def stable_hash(key: Any) -> int:
@@ -295,20 +315,19 @@ def run_map(
     shuffle objects; returns ``(object id, keys)`` per partition (None: empty)."""
     from moot.client.client import get_client
 
-    values_of: dict[Any, list[Any]] = {}
-    for record, where in _split_records(split):
-        try:
+    values_of: defaultdict[Any, list[Any]] = defaultdict(list)
+    records = _Records(split)
+    count = 0
+    try:
+        for record in records:
             for key, value in mapper(record):
-                values = values_of.get(key)
-                if values is None:
-                    values_of[key] = [value]
-                else:
-                    values.append(value)
-                    if combiner is not None and len(values) >= COMBINE_EVERY:
-                        values[:] = [combiner(key, values)]
-        except Exception as error:
-            error.add_note(f"moot map_reduce: the mapper (or combiner) failed on {where()}")
-            raise
+                values_of[key].append(value)
+            count += 1
+            if combiner is not None and count % COMBINE_EVERY_RECORDS == 0:
+                _combine(values_of, combiner)
+    except Exception as error:
+        error.add_note(f"moot map_reduce: the mapper (or combiner) failed on {records.where()}")
+        raise
     # Partitioned once per distinct key, not per pair.
     groups: list[dict[Any, list[Any]]] = [{} for _ in range(partitions)]
     for key, values in values_of.items():
@@ -321,17 +340,22 @@ def run_map(
             refs.append(None)
             continue
         if combiner is not None:
-            for key, values in group.items():
-                if len(values) > 1:
-                    try:
-                        values[:] = [combiner(key, values)]
-                    except Exception as error:
-                        error.add_note(f"moot map_reduce: the combiner failed on key {key!r:.200}")
-                        raise
+            _combine(group, combiner)
         data = _dumps_partition(group)
         ref = client.objects.put(data, pin=pin)
         refs.append((ref.id, len(group)))
     return refs
+
+
+def _combine(values_of: Mapping[Any, list[Any]], combiner: Reducer) -> None:
+    """Fold each key's values into one (the key's list keeps one value)."""
+    for key, values in values_of.items():
+        if len(values) > 1:
+            try:
+                values[:] = [combiner(key, values)]
+            except Exception as error:
+                error.add_note(f"moot map_reduce: the combiner failed on key {key!r:.200}")
+                raise
 
 
 def _dumps_partition(group: dict[Any, list[Any]]) -> bytes:

@@ -17,14 +17,14 @@ from moot.client.mapreduce import (
     RecordSplit,
     TextSplit,
     _key_bytes,
-    _split_records,
+    _Records,
     plan_splits,
     stable_hash,
 )
 
 
 def lines_of(splits: list[TextSplit | RecordSplit]) -> list[str]:
-    return [record for split in splits for record, _ in _split_records(split)]
+    return [record for split in splits for record in _Records(split)]
 
 
 @settings(max_examples=60, deadline=None)
@@ -78,8 +78,12 @@ def test_records_are_cut_into_pickled_chunks_that_keep_their_numbers() -> None:
     assert placement == {}
     assert len(splits) > 5
     assert lines_of(splits) == records
-    numbers = [where() for split in splits for _, where in _split_records(split)]
+    numbers = []
+    for split in splits:
+        records = _Records(split)
+        numbers += [records.where() for _ in records]
     assert numbers[0] == "input record 0" and numbers[-1] == "input record 999"
+    assert len(set(numbers)) == 1000
 
 
 def test_equal_keys_hash_alike_and_unpicklable_keys_are_named() -> None:
