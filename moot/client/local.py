@@ -165,7 +165,8 @@ class LocalFederation:
 
     def wait_for_voters(self, count: int, *, timeout_s: float = START_TIMEOUT_S) -> int:
         """Wait until the leader's configuration has ``count`` voters, all of
-        them running nodes of this federation, and no learners; returns the
+        them running nodes of this federation (its learners too: the other
+        members follow the log as learners); returns the
         leader's index. (After a kill, the voter set has healed once this
         returns: one more voter may die without losing the majority.)"""
         deadline = time.monotonic() + timeout_s
@@ -178,8 +179,8 @@ class LocalFederation:
                 status is not None
                 and status.role == "leader"
                 and len(status.voters) == count
-                and not status.learners
                 and set(status.voters) <= running
+                and set(status.learners) <= running
             ):
                 return index
             time.sleep(0.05)  # polling the voter set with a deadline

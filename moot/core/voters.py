@@ -20,10 +20,12 @@ Rules, first match wins:
    the leader's Raft messages is never gone: membership is one node's view
    and may be stale; Raft traffic is first-hand.
 4. **Trim.** With more live voters than wanted (the federation shrank) and
-   every voter healthy, one voter other than the leader is removed; and a
-   learner no longer needed is removed. Never while a voter is dead within
-   its grace or suspect: removing a live voter then could leave the dead
-   ones a majority.
+   every voter healthy, one voter other than the leader is removed. Never
+   while a voter is dead within its grace or suspect: removing a live voter
+   then could leave the dead ones a majority.
+5. **Every member a replica.** Any other healthy member is added as a
+   learner (a trimmed voter comes back as one): every node applies the log,
+   so it serves stale reads, job watches and its own task table.
 
 How many voters: ``voters_large`` (5) once ``large_from`` (5) members are
 alive, else ``voters_small`` (3), never more than the members alive.
@@ -150,8 +152,14 @@ def plan(
         removable = [v for v in live_voters if v != leader_id]
         if removable:
             return ConfChange("remove", _most_voters(removable, live_voters, status))
-    if len(live_voters) >= wanted and conf.learners:
-        return ConfChange("remove", sorted(conf.learners)[0])
+    # Every other healthy member follows the log as a learner: a node out of
+    # the group applies nothing more, so its stale reads, its job watches and
+    # its task worker's table froze (found: moot demo hung on a client watch
+    # at a voter trimmed as the federation shrank from five to four).
+    members_ids = set(conf.voters) | set(conf.learners)
+    outsiders = sorted(m.node_id for m in members if m.state == "alive" and m.node_id not in members_ids)
+    if outsiders:
+        return ConfChange("add_learner", outsiders[0])
     return None
 
 

@@ -188,7 +188,7 @@ def test_dead_voters_are_replaced_one_by_one_and_writes_continue(tmp_path: Path)
                 if leader is not None:
                     voter_set = set(leader.voters)
                     live_ids = {ids[i] for i in alive if i in ids}
-                    if len(voter_set) == count and voter_set <= live_ids and not leader.learners:
+                    if len(voter_set) == count and voter_set <= live_ids and set(leader.learners) <= live_ids:
                         return voter_set
                 time.sleep(0.1)  # polling the voter set with a deadline
             raise AssertionError(f"voter set did not heal to {count} live voters; logs in {fed.directory}")

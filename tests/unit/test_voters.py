@@ -84,7 +84,7 @@ def test_a_dead_voter_keeps_its_seat_for_the_grace_period_then_is_replaced_befor
     conf = ConfState(("a", "b", "c"))
     states = {"a": "alive", "b": "alive", "c": "dead", "d": "alive"}
     early = plan(conf, leader_id="a", members=members(states, since_ms=9_500), caught_up={}, now_ms=10_000, policy=POLICY)
-    assert early is None
+    assert early == ConfChange("add_learner", "d"), "c keeps its seat; d only follows the log"
     conf, changes = settle(conf, states, leader="a")
     assert [(c.kind, c.node_id) for c in changes] == [("add_learner", "d"), ("promote", "d"), ("remove", "c")]
     assert conf.voters == ("a", "b", "d")
@@ -204,8 +204,18 @@ def test_a_voter_that_answers_raft_is_never_removed_whatever_membership_says() -
     stale_view = plan(
         conf, leader_id="a", members=states, caught_up={}, now_ms=10_000, policy=POLICY, responsive={"c": True}
     )
-    assert stale_view is None
+    assert stale_view == ConfChange("add_learner", "d"), "c keeps its seat; d only follows the log"
     truly_dead = plan(
         conf, leader_id="a", members=states, caught_up={}, now_ms=10_000, policy=POLICY, responsive={"c": False}
     )
     assert truly_dead == ConfChange("add_learner", "d")
+
+
+def test_every_other_healthy_member_follows_the_log_as_a_learner() -> None:
+    # Regression (moot demo hung): a voter trimmed when the federation shrank
+    # left the group and its state froze; it now comes back as a learner.
+    states: dict[str, MemberState] = {"a": "alive", "b": "alive", "c": "alive", "d": "alive", "e": "dead"}
+    conf, changes = settle(ConfState(("a", "b", "c", "d", "e")), states, leader="a", now_ms=10_000)
+    assert len(conf.voters) == 3 and "a" in conf.voters
+    assert set(conf.voters) | set(conf.learners) == {"a", "b", "c", "d"}, "every live member is a replica"
+    assert ("add_learner", "e") not in [(c.kind, c.node_id) for c in changes]
