@@ -699,12 +699,13 @@ class TaskClient:
             connection = await open_client_connection(
                 address, self._client.cluster, on_unsolicited=self._on_events
             )
-        self._connection = connection
+        keepalive_ids = itertools.count(1 << 40)
         try:
+            await _check_replica(connection, next(keepalive_ids))
+            self._connection = connection
             for state in list(self._jobs.values()):
                 if state.submitted is None or state.submitted.done():
                     self._send_watch(state)
-            keepalive_ids = itertools.count(1 << 40)
             while self._jobs:
                 closed = asyncio.ensure_future(connection.wait_closed())
                 try:
@@ -713,11 +714,9 @@ class TaskClient:
                     closed.cancel()
                 if connection.closed:
                     return
-                # Quiet: is the node still there (a paused node keeps its socket open)?
-                await connection.request(
-                    wire.StatusRequest(request_id=next(keepalive_ids)),
-                    int(WATCH_ATTEMPT_TIMEOUT_S * 1000),
-                )
+                # Quiet: is the node still there (a paused node keeps its
+                # socket open), and still a replica of the database?
+                await _check_replica(connection, next(keepalive_ids))
         finally:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
@@ -800,6 +799,18 @@ class TaskClient:
             self._watcher.cancel()
             with contextlib.suppress(BaseException):
                 await self._watcher
+
+
+async def _check_replica(connection: ClientConnection, request_id: int) -> None:
+    """Raise ``Unavailable`` unless the node at ``connection`` answers and is
+    a voter or learner: a node out of the Raft group (trimmed from the voters
+    as the federation shrank) applies nothing more, so a job watched there
+    never finishes (found: ``moot demo`` hung on such a node)."""
+    status = await connection.request(wire.StatusRequest(request_id=request_id), int(WATCH_ATTEMPT_TIMEOUT_S * 1000))
+    if not isinstance(status, wire.StatusReply):
+        raise Unavailable(f"the node answered a status request with {type(status).__name__}")
+    if status.node_id not in status.voters and status.node_id not in status.learners:
+        raise Unavailable(f"node {status.node_id} is not a replica of the database now")
 
 
 def _settle(future: Future, result: wire.TaskResult, data: bytes, job_id: str) -> None:
