@@ -16,6 +16,7 @@ import collections
 import glob
 import os
 import re
+import signal
 import sysconfig
 import threading
 import time
@@ -186,6 +187,10 @@ def run_demo(*, nodes: int, keep: bool, console: Console) -> int:
     )
     labels = [{"region": REGIONS[i % len(REGIONS)]} for i in range(nodes)]
     federation = LocalFederation(nodes, labels=labels, keep_directory=keep)
+    if threading.current_thread() is threading.main_thread():
+        # A SIGTERM (a CI timeout, `kill`) stops the nodes too: they run in
+        # sessions of their own and would outlive the demo.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
     began = time.monotonic()
     try:
         with console.status(f"starting {nodes} node processes (mutual TLS on 127.0.0.1)..."):
@@ -257,6 +262,10 @@ def run_demo(*, nodes: int, keep: bool, console: Console) -> int:
     finally:
         if not keep:
             federation.stop()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _print_timeline(console: Console, timeline: Timeline, stats: RunStats, reruns: int) -> None:
