@@ -746,6 +746,7 @@ def mapreduce_command(
     top: Annotated[int, typer.Option(min=0, help="Print only the N keys with the largest values.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
     retries: Annotated[int, typer.Option(min=0, help="Runs again of a task whose mapper or reducer raised.")] = 0,
+    whole_split: Annotated[bool, typer.Option(help="mapper(lines) takes a split's lines at once and returns pairs or a dict.")] = False,
 ) -> None:
     """Run a MapReduce job on the federation: word counts and the like."""
     from moot.client.client import connect
@@ -764,6 +765,7 @@ def mapreduce_command(
                 output=output,
                 retries=retries,
                 progress=progress,
+                whole_split=whole_split,
             )
     except MootError as error:
         raise fail(f"{type(error).__name__}: {error}") from None

@@ -148,6 +148,7 @@ class Client:
         backups: bool = True,
         progress: mapreduce.ProgressHook | None = None,
         stats: mapreduce.RunStats | None = None,
+        whole_split: bool = False,
     ) -> dict[Any, Any]:
         """MapReduce over ``inputs`` on the federation; ``{key: reducer(key, values)}``.
 
@@ -160,7 +161,11 @@ class Client:
         files ``DIR/part-NNNNN`` (``key<TAB>value`` lines) and the return
         value maps each file to its number of keys. ``progress(phase, done,
         total)`` is called as tasks finish; ``stats`` (a ``RunStats``) is
-        filled in. See ``moot.client.mapreduce`` for how it runs."""
+        filled in. With ``whole_split`` the mapper gets an iterator over a
+        split's records at once and returns pairs or a mapping ``{key:
+        value}`` (Spark's ``mapPartitions``): the fast path for a mapper
+        that counts with ``collections.Counter``. See
+        ``moot.client.mapreduce`` for how it runs."""
         return mapreduce.map_reduce(
             self,
             inputs,
@@ -174,6 +179,7 @@ class Client:
             backups=backups,
             progress=progress,
             stats=stats,
+            whole_split=whole_split,
         )
 
     def executor(self, **options: Any) -> Executor:

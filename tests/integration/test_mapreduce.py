@@ -67,6 +67,13 @@ def generated_text(directory: Path, files: int, lines: int, seed: int) -> list[s
     return paths
 
 
+def count_lines(lines: Iterator[str]) -> collections.Counter[str]:
+    counter: collections.Counter[str] = collections.Counter()
+    for line in lines:
+        counter.update(word.lower() for word in WORD.findall(line))
+    return counter
+
+
 def fail_on_seven(record: int) -> Iterator[tuple[str, int]]:
     if record == 7:
         raise ZeroDivisionError("record seven")
@@ -130,6 +137,14 @@ def test_word_count_of_generated_text_equals_a_counter(
     assert result == counted(paths)
     assert stats.splits > 6 and stats.partitions == partitions
     assert ("map", stats.splits, stats.splits) in phases and ("reduce", partitions, partitions) in phases
+
+
+def test_a_whole_split_mapper_counts_what_the_per_line_one_does(client: moot.Client, tmp_path: Path) -> None:
+    paths = generated_text(tmp_path, files=4, lines=300, seed=11)
+    result = client.map_reduce(
+        paths, count_lines, total, combiner=total, partitions=3, split_bytes=4096, whole_split=True
+    )
+    assert result == counted(paths)
 
 
 def test_word_count_of_real_files_equals_a_counter(client: moot.Client, tmp_path: Path) -> None:
