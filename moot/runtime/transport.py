@@ -625,6 +625,7 @@ class _OutboundPeer:
                     reason=str(error),
                     failures=failures,
                 )
+                transport.peer_unreachable(self.node_id, f"cannot reconnect: {error}")
                 await self._back_off(failures)
                 continue
             started = loop.time()
@@ -1249,14 +1250,24 @@ class Transport:
             if peer._channel is not None:
                 peer._channel.queue.close()
         self.logger.log(level, "peer_closed", peer=remote, peer_node=peer.node_id, reason=reason)
-        if peer.role == "node" and self._on_peer_lost is not None and not self.closing:
+        if peer.role == "node":
             # A hint, not a verdict: a peer process that died closes its
             # sockets at once, long before any timeout notices.
-            try:
-                self._on_peer_lost(peer.node_id, reason)
-            except Exception as error:
-                self.logger.error("on_peer_lost_failed", exc_info=error, peer=remote)
+            self.peer_unreachable(peer.node_id, reason)
         await _close_writer(writer, close_timeout_s)
+
+    def peer_unreachable(self, node_id: str | None, reason: str) -> None:
+        """Tell the node's services that ``node_id`` is out of reach now: its
+        connection closed, or dialing it again failed. The second matters as
+        much: a killed peer's address refuses connections until membership
+        declares it dead, and requests sent to it meanwhile waited for their
+        whole timeout (found: map tasks stalled 10 s on object puts)."""
+        if node_id is None or self._on_peer_lost is None or self.closing:
+            return
+        try:
+            self._on_peer_lost(node_id, reason)
+        except Exception as error:
+            self.logger.error("on_peer_lost_failed", exc_info=error, peer=node_id)
 
     async def _accept_hello(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, remote: str
