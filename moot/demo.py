@@ -97,14 +97,18 @@ class Chaos:
         self.progress_changed = threading.Event()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="moot-demo-chaos", daemon=True)
+        self.watchers: list[threading.Thread] = []
 
     def start(self) -> None:
         self.thread.start()
 
     def stop(self) -> None:
+        """No more kills; wait (bounded) for the watchers to see what followed the kills."""
         self.stopped.set()
         self.progress_changed.set()
         self.thread.join(timeout=WATCH_TIMEOUT_S)
+        for watcher in list(self.watchers):
+            watcher.join(timeout=WATCH_TIMEOUT_S)
 
     def on_progress(self, phase: str, done: int, total: int) -> None:
         if phase == "map" and total:
@@ -118,7 +122,10 @@ class Chaos:
                 return
             leader = self.federation.leader()
             self._kill(leader, "the leader")
-            self._watch(leader, new_leader=True)
+            # Watched on the side: the next kill must not wait for this one's
+            # detection (found: a faster job ended first, and the demo killed
+            # one node only).
+            self._watch_in_background(leader, new_leader=True)
             if self.nodes >= 5:
                 self._wait_for(SECOND_KILL_AT)
                 if self.stopped.is_set():
@@ -130,9 +137,20 @@ class Chaos:
                     if index != current and index not in self.killed
                 )
                 self._kill(victim, "a follower")
-                self._watch(victim, new_leader=False)
+                self._watch_in_background(victim, new_leader=False)
         except (LocalError, MootError) as error:
             self.timeline.note(f"[red]chaos stopped: {error}[/]")
+
+    def _watch_in_background(self, victim: int, *, new_leader: bool) -> None:
+        def watch() -> None:
+            try:
+                self._watch(victim, new_leader=new_leader)
+            except (LocalError, MootError) as error:
+                self.timeline.note(f"[red]watching node {victim} stopped: {error}[/]")
+
+        watcher = threading.Thread(target=watch, name=f"moot-demo-watch-{victim}", daemon=True)
+        self.watchers.append(watcher)
+        watcher.start()
 
     def _wait_for(self, fraction: float) -> None:
         while self.map_fraction < fraction and not self.stopped.is_set():
@@ -229,10 +247,11 @@ def run_demo(*, nodes: int, keep: bool, console: Console) -> int:
                     progress=on_progress,
                     stats=stats,
                 )
+                seconds = time.monotonic() - timeline.started
+                timeline.note(f"job done: {len(result):,} distinct words")
             finally:
-                chaos.stop()
-        seconds = time.monotonic() - timeline.started
-        timeline.note(f"job done: {len(result):,} distinct words")
+                chaos.stop()  # waits for the survivors to declare the killed dead
+        timeline.events.sort(key=lambda event: event[0])
         reruns = sum(job.reruns for job in client.jobs() if job.name.startswith(("run_map", "run_reduce")))
         _print_timeline(console, timeline, stats, reruns)
         console.print(_top_words(result))
