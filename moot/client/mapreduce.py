@@ -71,6 +71,7 @@ RE_EXECUTIONS_MAX: Final = 5  # rounds of re-running maps whose outputs were los
 POLL_S: Final = 0.05
 PIN_PREFIX: Final = "mapreduce-"
 UNPINS_IN_FLIGHT: Final = 8
+FETCHES_IN_FLIGHT: Final = 4  # shuffle objects a reduce task reads at once
 
 Mapper = Callable[[Any], Iterable[tuple[Any, Any]]]
 Reducer = Callable[[Any, list[Any]], Any]
@@ -401,22 +402,27 @@ def run_reduce(
     from moot.client.client import get_client
 
     client = get_client()
-    groups: dict[Any, list[Any]] = {}
-    lost: list[int] = []
-    for map_index, object_id, offset, length in inputs:
+
+    def fetch(item: tuple[int, str, int, int]) -> bytes | None:
+        _, object_id, offset, length = item
         try:
             data = client.objects.get(object_id)
         except (NotFound, Unavailable, Timeout):
-            lost.append(map_index)
-            continue
-        if lost:
-            continue  # the run will come back: no need to group what we have
-        for key, values in pickle.loads(memoryview(data)[offset : offset + length]):
-            known = groups.get(key)
-            if known is None:
-                groups[key] = values
-            else:
-                known.extend(values)
+            return None
+        return data[offset : offset + length]
+
+    groups: dict[Any, list[Any]] = {}
+    lost: list[int] = []
+    # Fetched FETCHES_IN_FLIGHT at a time (each is a round trip to the node),
+    # grouped here in map order; only this partition's range of each is kept.
+    with concurrent.futures.ThreadPoolExecutor(FETCHES_IN_FLIGHT) as pool:
+        for (map_index, *_), part in zip(inputs, pool.map(fetch, inputs), strict=True):
+            if part is None:
+                lost.append(map_index)
+                continue
+            if lost:
+                continue  # the run will come back: no need to group what we have
+            _merge(groups, part)
     if lost:
         raise MapOutputLost(lost)
     reduced: dict[Any, Any] = {}
@@ -427,6 +433,16 @@ def run_reduce(
             error.add_note(f"moot map_reduce: the reducer failed on key {key!r:.200}")
             raise
     return reduced
+
+
+def _merge(groups: dict[Any, list[Any]], part: bytes) -> None:
+    """Add one map's partition (pickled ``(key, values)`` pairs) to ``groups``."""
+    for key, values in pickle.loads(part):
+        known = groups.get(key)
+        if known is None:
+            groups[key] = values
+        else:
+            known.extend(values)
 
 
 # -- the driver ----------------------------------------------------------------------------
