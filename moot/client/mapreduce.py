@@ -331,12 +331,13 @@ def run_map(
             pairs = produced.items() if isinstance(produced, Mapping) else produced
             for key, value in pairs:
                 values_of[key].append(value)
-        for record in () if whole_split else records:
-            for key, value in mapper(record):
-                values_of[key].append(value)
-            count += 1
-            if combiner is not None and count % COMBINE_EVERY_RECORDS == 0:
-                _combine(values_of, combiner)
+        else:
+            for record in records:
+                for key, value in mapper(record):
+                    values_of[key].append(value)
+                count += 1
+                if combiner is not None and count % COMBINE_EVERY_RECORDS == 0:
+                    _combine(values_of, combiner)
     except Exception as error:
         error.add_note(f"moot map_reduce: the mapper (or combiner) failed on {records.where()}")
         raise
@@ -692,7 +693,7 @@ class _Phase:
 
 def _infrastructure(error: BaseException) -> bool:
     """A failure of the federation (not the user's code) inside a task."""
-    return isinstance(error, Unavailable | Timeout | NotFound) or type(error).__name__ in ("Unavailable", "Timeout")
+    return isinstance(error, Unavailable | Timeout | NotFound)  # moot's errors unpickle as themselves
 
 
 def _unpin(client: Client, object_ids: list[str], pin: str) -> None:
