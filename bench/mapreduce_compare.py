@@ -1,16 +1,18 @@
 """Word count with moot's MapReduce against one process, multiprocessing.Pool(2), a Dask bag and Ray.
 
     .venv/bin/pip install ray "dask[distributed]"     # once; a missing system is skipped
-    .venv/bin/python bench/mapreduce_compare.py [--mb 200] [--corpus DIR] [--only moot ...]
+    .venv/bin/python bench/mapreduce_compare.py [--mb 200] [--corpus DIR] [--only moot ...] [--repeat 3]
 
 The issue's benchmark: a Zipf-distributed corpus (``bench/zipf_text.py``:
 64 files, fixed seed, made once and reused) counted by every system the same
 way — a word is what ``str.split()`` returns on a line — and every answer
 must equal the single process's. moot: a 3-node ``LocalFederation`` (one
-worker process per node), ``client.map_reduce`` with a combiner, once
-undisturbed and once with a node (not the leader, not the client's) SIGKILLed
-halfway through the map phase. Reports MB/s and each system's ratio to
-``Pool(2)``. Nothing here asserts on speed: a benchmark informs.
+worker process per node), ``client.map_reduce`` with a combiner and its
+default split size, once undisturbed and once with a node (not the leader,
+not the client's) SIGKILLed halfway through the map phase. Every system runs
+once a round, ``--repeat`` rounds (this machine's speed drifts by tens of
+percent over minutes); reports the median seconds, MB/s and each system's
+ratio to ``Pool(2)``. Nothing here asserts on speed: a benchmark informs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import collections
 import multiprocessing
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -33,7 +36,6 @@ from zipf_text import make_corpus
 
 WORKERS = 2
 PARTITIONS = 8
-SPLIT_BYTES = 8 * 1024 * 1024
 
 
 def count_file(path: str) -> collections.Counter[str]:
@@ -106,7 +108,7 @@ def run_dask(paths: list[str]) -> Result | None:
         return None
 
     def count() -> dict[str, int]:
-        lines = bag.read_text(paths, blocksize=SPLIT_BYTES)
+        lines = bag.read_text(paths)  # a partition per file, Dask's default
         return dict(lines.map(str.split).flatten().frequencies().compute(scheduler="processes", num_workers=WORKERS))
 
     seconds, answer = timed(count)
@@ -157,7 +159,7 @@ def _run_moot(paths: list[str], *, whole_split: bool) -> Result:
         client.map_reduce(paths[:1], mapper, total, **options)  # warm the workers
         stats = RunStats()
         seconds, answer = timed(
-            lambda: client.map_reduce(paths, mapper, total, split_bytes=SPLIT_BYTES, stats=stats, **options)
+            lambda: client.map_reduce(paths, mapper, total, stats=stats, **options)
         )
         name = "moot map_reduce, whole-split mapper" if whole_split else "moot map_reduce, per-line mapper"
         result = Result(f"{name} (3 nodes)", seconds, answer)
@@ -177,7 +179,7 @@ def _run_moot(paths: list[str], *, whole_split: bool) -> Result:
         stats = RunStats()
         killed_seconds, killed_answer = timed(
             lambda: client.map_reduce(
-                paths, mapper, total, split_bytes=SPLIT_BYTES, progress=kill_halfway, stats=stats, **options
+                paths, mapper, total, progress=kill_halfway, stats=stats, **options
             )
         )
         result.killed_seconds = killed_seconds
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mb", type=float, default=200)
     parser.add_argument("--corpus", type=Path, default=Path(tempfile.gettempdir()) / "moot-zipf-corpus")
     parser.add_argument("--only", action="append", default=[], choices=["single", "pool", "dask", "ray", "moot", "moot-split"])
+    parser.add_argument("--repeat", type=int, default=3, help="rounds, every system once a round; medians reported")
     options = parser.parse_args(argv)
     print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"# {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}")
@@ -211,35 +214,45 @@ def main(argv: list[str] | None = None) -> int:
         ("moot", run_moot),
         ("moot-split", run_moot_split),
     ]
-    results: list[Result] = []
-    for name, runner in runners:
-        if options.only and name not in options.only and name != "single":
-            continue
-        print(f"{name} ...", flush=True)
-        outcome = runner(paths)
-        if outcome is None:
-            print(f"  {name}: not installed, skipped", flush=True)
-            continue
-        print(f"  {outcome.system}: {outcome.seconds:.2f}s {'; '.join(outcome.notes)}", flush=True)
-        results.append(outcome)
-    reference = results[0].answer
-    pool = next((r for r in results if r.system.startswith("multiprocessing")), None)
+    # Rounds, each system once a round: this machine's speed drifts by tens
+    # of percent over minutes, so every system sees the same drift.
+    runs: dict[str, list[Result]] = {}
+    for round_number in range(1, options.repeat + 1):
+        for name, runner in runners:
+            if options.only and name not in options.only and name != "single":
+                continue
+            print(f"round {round_number}: {name} ...", flush=True)
+            outcome = runner(paths)
+            if outcome is None:
+                print(f"  {name}: not installed, skipped", flush=True)
+                continue
+            print(f"  {outcome.system}: {outcome.seconds:.2f}s {'; '.join(outcome.notes)}", flush=True)
+            runs.setdefault(outcome.system, []).append(outcome)
+    reference = next(iter(runs.values()))[0].answer
+    seconds = {system: statistics.median(r.seconds for r in results) for system, results in runs.items()}
+    pool = next((value for system, value in seconds.items() if system.startswith("multiprocessing")), None)
+    print()
+    print(f"Medians of {options.repeat} rounds (range in brackets):")
     print()
     print("| system | seconds | MB/s | / Pool(2) | same answer | one node killed s | killed / clean |")
     print("|---|---:|---:|---:|---|---:|---:|")
-    for result in results:
-        ratio = f"{pool.seconds / result.seconds:.2f}x" if pool is not None else "-"
-        killed = f"{result.killed_seconds:.2f}" if result.killed_seconds is not None else "-"
-        slowdown = f"{result.killed_seconds / result.seconds:.2f}x" if result.killed_seconds is not None else "-"
-        same = "yes" if result.answer == reference else "**NO**"
+    for system, results in runs.items():
+        median = seconds[system]
+        spread = f" ({min(r.seconds for r in results):.2f}-{max(r.seconds for r in results):.2f})" if len(results) > 1 else ""
+        ratio = f"{pool / median:.2f}x" if pool is not None else "-"
+        killed_runs = [r.killed_seconds for r in results if r.killed_seconds is not None]
+        killed = statistics.median(killed_runs) if killed_runs else None
+        killed_text = f"{killed:.2f}" if killed is not None else "-"
+        slowdown = f"{killed / median:.2f}x" if killed is not None else "-"
+        same = "yes" if all(r.answer == reference for r in results) else "**NO**"
         print(
-            f"| {result.system} | {result.seconds:.2f} | {megabytes / result.seconds:.1f} | {ratio} | {same} "
-            f"| {killed} | {slowdown} |"
+            f"| {system} | {median:.2f}{spread} | {megabytes / median:.1f} | {ratio} | {same} | {killed_text} | {slowdown} |"
         )
-    for result in results:
-        for note in result.notes:
-            print(f"- {result.system}: {note}")
-    return 0 if all(result.answer == reference for result in results) else 1
+    for system, results in runs.items():
+        for result in results:
+            for note in result.notes:
+                print(f"- {system}: {note}")
+    return 0 if all(r.answer == reference for results in runs.values() for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ durable tasks and the object store.
    left) says which maps made it; the driver runs those maps again, then
    the reduce — the paper's re-execution. Near the end of each phase — no
    more tasks left than worker slots, so none should still be waiting — the
-   driver starts a backup copy of every task not done once the phase has run
-   twice its median finish time; the first copy to finish wins, the other is
-   cancelled (the paper's backup tasks, against stragglers).
+   driver starts a backup copy of every task not done twice a task's run
+   time later; the first copy to finish wins, the other is cancelled (the
+   paper's backup tasks, against stragglers).
 5. A mapper or reducer that raises fails the run with the user's own
    exception and remote traceback, with a note naming the record (file and
    byte offset, or record number) or the key — after ``retries``.
@@ -62,9 +62,11 @@ if TYPE_CHECKING:
 
 SPLIT_BYTES_DEFAULT: Final = 64 * 1024 * 1024
 SPLIT_BYTES_MIN: Final = 1024
+MAP_WAVES_MIN: Final = 4  # at least this many maps per worker slot...
+WAVE_SPLIT_BYTES_MIN: Final = 1024 * 1024  # ...when splits stay this large
 PARTITIONS_MAX: Final = 10_000
 COMBINE_EVERY_RECORDS: Final = 16_384  # the combiner folds what the map holds this often (memory)
-BACKUP_SLOWDOWN: Final = 2.0  # backups once a phase ran this many times its median finish time
+BACKUP_SLOWDOWN: Final = 2.0  # backups once the phase's tail ran this many times a task's run time
 BACKUP_AFTER_S_MIN: Final = 0.5  # never before the phase ran this long
 INFRASTRUCTURE_RETRIES: Final = 3  # a task that failed on the store or the network runs again
 RE_EXECUTIONS_MAX: Final = 5  # rounds of re-running maps whose outputs were lost
@@ -122,19 +124,24 @@ class RecordSplit:
 Split = TextSplit | RecordSplit
 
 
-def plan_splits(inputs: Any, split_bytes: int) -> tuple[list[Split], dict[str, str]]:
+def plan_splits(inputs: Any, split_bytes: int, slots: int = 0) -> tuple[list[Split], dict[str, str]]:
     """The splits of ``inputs`` and the placement their maps need (local
-    files: this machine). Raises ``BadRequest`` before anything runs when a
-    glob matches nothing or a file cannot be read."""
+    files: this machine). Text is cut into equal splits of at most about
+    ``split_bytes``; given ``slots`` (the federation's worker processes), at
+    least ``MAP_WAVES_MIN`` per slot while splits stay over a MiB, and a
+    multiple of ``slots``: the last wave of maps keeps every worker busy
+    instead of one running alone while the others idle. Raises
+    ``BadRequest`` before anything runs when a glob matches nothing or a
+    file cannot be read."""
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
     items = list(inputs) if not isinstance(inputs, Iterator) else None
     if items is not None and items and all(isinstance(item, str | os.PathLike) for item in items):
-        return _text_splits([os.fspath(item) for item in items], split_bytes)
+        return _text_splits([os.fspath(item) for item in items], split_bytes, slots)
     return _record_splits(items if items is not None else inputs, split_bytes), {}
 
 
-def _text_splits(patterns: list[str], split_bytes: int) -> tuple[list[Split], dict[str, str]]:
+def _text_splits(patterns: list[str], split_bytes: int, slots: int) -> tuple[list[Split], dict[str, str]]:
     files: list[tuple[str, int]] = []
     local = False
     for pattern in patterns:
@@ -159,17 +166,35 @@ def _text_splits(patterns: list[str], split_bytes: int) -> tuple[list[Split], di
             local = True
     if not files:
         raise BadRequest("map_reduce() got no input files")
+    total = sum(size for _, size in files)
+    count = -(-total // split_bytes) or 1
+    if slots > 0:
+        # A few waves of maps, not one: the work stays balanced and a dead
+        # worker's lost map is a small part of it (the paper: many more map
+        # tasks than machines); a wave more rather than a last one half empty.
+        count = max(count, min(MAP_WAVES_MIN * slots, total // WAVE_SPLIT_BYTES_MIN))
+        if count > 1:
+            count = -(-count // slots) * slots
+    count = max(1, min(count, total // SPLIT_BYTES_MIN))
+    target = -(-total // count) or 1
+    # Files end to end, cut every ``target`` bytes: small files share a
+    # split, large ones span several.
     splits: list[Split] = []
     packed: list[FileRange] = []
-    packed_bytes = 0
+    room = target
     for url, size in files:
-        for start in range(0, max(size, 1), split_bytes):
-            piece = FileRange(url, start, min(size, start + split_bytes))
-            if packed and packed_bytes + (piece.end - piece.start) > split_bytes:
+        if size == 0:
+            packed.append(FileRange(url, 0, 0))
+            continue
+        start = 0
+        while start < size:
+            end = min(size, start + room)
+            packed.append(FileRange(url, start, end))
+            room -= end - start
+            start = end
+            if room == 0:
                 splits.append(TextSplit(tuple(packed)))
-                packed, packed_bytes = [], 0
-            packed.append(piece)
-            packed_bytes += piece.end - piece.start
+                packed, room = [], target
     if packed:
         splits.append(TextSplit(tuple(packed)))
     return splits, ({"host": socket.gethostname()} if local else {})
@@ -284,6 +309,20 @@ def stable_hash(key: Any) -> int:
     return zlib.crc32(_key_bytes(key))
 
 
+_STR_SEED: Final = zlib.crc32(b"s")  # crc32(b"s" + data) == crc32(data, _STR_SEED)
+
+
+def stable_hashes(keys: Sequence[Any]) -> list[int]:
+    """``stable_hash`` of each key; str keys (the common case) without a
+    Python call each."""
+    crc32 = zlib.crc32
+    seed = _STR_SEED
+    return [
+        crc32(key.encode("utf-8", "surrogatepass"), seed) if type(key) is str else stable_hash(key)
+        for key in keys
+    ]
+
+
 def _key_bytes(key: Any) -> bytes:
     if isinstance(key, str):
         return b"s" + key.encode("utf-8", "surrogatepass")
@@ -322,40 +361,35 @@ def run_map(
     records and returns pairs or a mapping ``{key: value}``."""
     from moot.client.client import get_client
 
-    values_of: defaultdict[Any, list[Any]] = defaultdict(list)
     records = _Records(split)
-    count = 0
+    values_of: defaultdict[Any, list[Any]] = defaultdict(list)
     try:
         if whole_split:
             produced = mapper(iter(records))
-            pairs = produced.items() if isinstance(produced, Mapping) else produced
-            for key, value in pairs:
-                values_of[key].append(value)
+            if isinstance(produced, Mapping):
+                # Keys are distinct already: nothing to group or combine.
+                keys, values = list(produced.keys()), list(produced.values())
+            else:
+                for key, value in produced:
+                    values_of[key].append(value)
+                keys, values = _pairs(values_of, combiner)
         else:
-            for record in records:
+            for count, record in enumerate(records, 1):
                 for key, value in mapper(record):
                     values_of[key].append(value)
-                count += 1
                 if combiner is not None and count % COMBINE_EVERY_RECORDS == 0:
                     _combine(values_of, combiner)
+            keys, values = _pairs(values_of, combiner)
     except Exception as error:
         error.add_note(f"moot map_reduce: the mapper (or combiner) failed on {records.where()}")
         raise
-    # Partitioned once per distinct key, not per pair.
-    groups: list[dict[Any, list[Any]]] = [{} for _ in range(partitions)]
-    for key, values in values_of.items():
-        groups[stable_hash(key) % partitions][key] = values
     del values_of
+    parts = [_dumps_partition(part_keys, part_values) for part_keys, part_values in _partition(keys, values, partitions)]
+    if not any(parts):
+        return [None] * partitions
     # One shuffle object per map, its partitions end to end: one put (one
     # upload, one commit, one pin) instead of one per partition (measured:
     # eight puts took most of a map task's time); a reduce reads its range.
-    parts: list[bytes] = []
-    for group in groups:
-        if group and combiner is not None:
-            _combine(group, combiner)
-        parts.append(_dumps_partition(group) if group else b"")
-    if not any(parts):
-        return [None] * partitions
     ref = get_client().objects.put(b"".join(parts), pin=pin)
     refs: list[tuple[str, int, int] | None] = []
     offset = 0
@@ -363,6 +397,35 @@ def run_map(
         refs.append((ref.id, offset, len(part)) if part else None)
         offset += len(part)
     return refs
+
+
+def _pairs(values_of: dict[Any, list[Any]], combiner: Reducer | None) -> tuple[list[Any], list[Any]]:
+    """``values_of`` as parallel lists, a key repeated once per value (once
+    in all when combined: the combiner folds each key's values first)."""
+    if combiner is not None:
+        _combine(values_of, combiner)
+        return list(values_of.keys()), [values[0] for values in values_of.values()]
+    keys: list[Any] = []
+    values: list[Any] = []
+    for key, its_values in values_of.items():
+        keys.extend([key] * len(its_values))
+        values.extend(its_values)
+    return keys, values
+
+
+def _partition(keys: list[Any], values: list[Any], partitions: int) -> list[tuple[list[Any], list[Any]]]:
+    """The pairs split by ``stable_hash(key) % partitions``, in order."""
+    if partitions == 1:
+        return [(keys, values)]
+    part_keys: list[list[Any]] = [[] for _ in range(partitions)]
+    part_values: list[list[Any]] = [[] for _ in range(partitions)]
+    add_key = [part.append for part in part_keys]
+    add_value = [part.append for part in part_values]
+    for key, value, hashed in zip(keys, values, stable_hashes(keys), strict=True):
+        index = hashed % partitions
+        add_key[index](key)
+        add_value[index](value)
+    return list(zip(part_keys, part_values, strict=True))
 
 
 def _combine(values_of: Mapping[Any, list[Any]], combiner: Reducer) -> None:
@@ -376,20 +439,25 @@ def _combine(values_of: Mapping[Any, list[Any]], combiner: Reducer) -> None:
                 raise
 
 
-def _dumps_partition(group: dict[Any, list[Any]]) -> bytes:
+def _dumps_partition(keys: list[Any], values: list[Any]) -> bytes:
+    """A partition on the wire: the pickle of two parallel lists (keys,
+    values); a key may repeat. Unpickled many times faster than a list of
+    ``(key, values)`` pairs: no tuple and no list per key."""
+    if not keys:
+        return b""
     try:
-        return pickle.dumps(list(group.items()), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((keys, values), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         pass
-    for key, values in group.items():
+    for key, value in zip(keys, values, strict=True):
         _key_bytes(key)  # names an unpicklable key
         try:
-            cloudpickle.dumps(values)
+            cloudpickle.dumps(value)
         except Exception as error:
             raise TypeError(
                 f"the mapper emitted a value for key {key!r:.200} that cannot be pickled: {error}"
             ) from None
-    return bytes(cloudpickle.dumps(list(group.items())))
+    return bytes(cloudpickle.dumps((keys, values)))
 
 
 def run_reduce(
@@ -412,7 +480,7 @@ def run_reduce(
             return None
         return data[offset : offset + length]
 
-    groups: dict[Any, list[Any]] = {}
+    groups: defaultdict[Any, list[Any]] = defaultdict(list)
     lost: list[int] = []
     # Fetched FETCHES_IN_FLIGHT at a time (each is a round trip to the node),
     # grouped here in map order; only this partition's range of each is kept.
@@ -436,14 +504,11 @@ def run_reduce(
     return reduced
 
 
-def _merge(groups: dict[Any, list[Any]], part: bytes) -> None:
-    """Add one map's partition (pickled ``(key, values)`` pairs) to ``groups``."""
-    for key, values in pickle.loads(part):
-        known = groups.get(key)
-        if known is None:
-            groups[key] = values
-        else:
-            known.extend(values)
+def _merge(groups: defaultdict[Any, list[Any]], part: bytes) -> None:
+    """Add one map's partition (``_dumps_partition``) to ``groups``."""
+    keys, values = pickle.loads(part)
+    for key, value in zip(keys, values, strict=True):
+        groups[key].append(value)
 
 
 # -- the driver ----------------------------------------------------------------------------
@@ -493,7 +558,7 @@ def map_reduce(
     out_dir = Path(output) if output is not None else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise BadRequest(f"map_reduce(): output {out_dir} exists and is not a directory")
-    splits, placement = plan_splits(inputs, split_bytes)
+    splits, placement = plan_splits(inputs, split_bytes, _worker_slots(client))
     stats = stats if stats is not None else RunStats()
     stats.splits, stats.partitions = len(splits), partitions
     pin = f"{PIN_PREFIX}{uuid.uuid4().hex}"
@@ -612,6 +677,7 @@ class _Phase:
         started = time.monotonic()
         finish_times: list[float] = []
         slots = self._slots() if self.backups else 0
+        tail: tuple[float, int] | None = None  # (since when, tasks done then): no task waits for a slot
         self._report(count - len(pending), count)
         try:
             while pending:
@@ -646,7 +712,9 @@ class _Phase:
                             other.cancel()
                     self._report(count - len(pending), count)
                 if self.backups and pending and len(pending) <= slots:
-                    self._start_backups(pending, started, finish_times)
+                    if tail is None:
+                        tail = (time.monotonic() if count > slots else started, count - len(pending))
+                    self._start_backups(pending, started, tail, slots, finish_times)
         except BaseException:
             for index in pending:
                 for future in self.copies.get(index, []):
@@ -667,19 +735,29 @@ class _Phase:
         return any(not other.done() for other in self.copies[index] if other is not failed)
 
     def _slots(self) -> int:
-        """Worker processes of the live members: more tasks left than this
-        and some are still waiting for a worker, not straggling."""
-        try:
-            members = self.client.members()
-        except MootError:
-            return 0
-        return sum(member.cpus for member in members if member.state == "alive")
+        """More tasks left than worker slots and some are still waiting for
+        a worker, not straggling."""
+        return _worker_slots(self.client)
 
-    def _start_backups(self, pending: set[int], started: float, finish_times: list[float]) -> None:
-        if not finish_times:
+    def _start_backups(
+        self, pending: set[int], started: float, tail: tuple[float, int], slots: int, finish_times: list[float]
+    ) -> None:
+        """Back up the tasks still pending once the tail (no task waiting for
+        a slot: each remaining one had one by then) has run
+        ``BACKUP_SLOWDOWN`` times a task's run time: only tasks that
+        straggle, not the last ones of a phase that ends on time. A task's
+        run time: with every slot busy until the tail, a slot finished one
+        every ``slots * elapsed / done`` seconds; when there never were more
+        tasks than slots, they all started at once and finish times are run
+        times."""
+        tail_started, done = tail
+        if done > slots:
+            run_time = slots * (tail_started - started) / done
+        elif finish_times:
+            run_time = statistics.median(finish_times)
+        else:
             return
-        elapsed = time.monotonic() - started
-        if elapsed < max(BACKUP_AFTER_S_MIN, BACKUP_SLOWDOWN * statistics.median(finish_times)):
+        if time.monotonic() - tail_started < max(BACKUP_AFTER_S_MIN, BACKUP_SLOWDOWN * run_time):
             return
         for index in sorted(pending):
             if len(self.copies[index]) == 1:
@@ -689,6 +767,15 @@ class _Phase:
     def _report(self, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(self.name, done, total)
+
+
+def _worker_slots(client: Client) -> int:
+    """Worker processes of the live members (0: unknown)."""
+    try:
+        members = client.members()
+    except MootError:
+        return 0
+    return sum(member.cpus for member in members if member.state == "alive")
 
 
 def _infrastructure(error: BaseException) -> bool:

@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,15 @@ from moot.client.errors import BadRequest
 from moot.client.mapreduce import (
     RecordSplit,
     TextSplit,
+    _dumps_partition,
     _key_bytes,
+    _merge,
+    _pairs,
+    _partition,
     _Records,
     plan_splits,
     stable_hash,
+    stable_hashes,
 )
 
 
@@ -61,6 +67,34 @@ def test_small_files_are_packed_into_one_split_and_large_ones_cut(tmp_path: Path
     assert lines_of(splits).count("y" * 99) == 200
 
 
+def split_bytes_of(split: TextSplit | RecordSplit) -> int:
+    assert isinstance(split, TextSplit)
+    return sum(piece.end - piece.start for piece in split.ranges)
+
+
+@pytest.mark.parametrize(
+    ("files", "file_bytes", "split_bytes", "slots", "count"),
+    [
+        (64, 50_000, 400_000, 0, 8),  # no slots known: the split size rules
+        (64, 50_000, 400_000, 3, 9),  # 8 rounded up to full waves of 3
+        (64, 50_000, 10_000_000, 3, 3),  # one split's worth, a wave of 3 (over a MiB each)
+        (10, 3_000_000, 64 << 20, 3, 12),  # 30 MB with large splits: 4 waves of 3
+        (3, 2_000, 64 << 20, 3, 1),  # tiny input: one split, not 12 tiny ones
+    ],
+)
+def test_splits_are_equal_and_fill_whole_waves_of_workers(
+    tmp_path: Path, files: int, file_bytes: int, split_bytes: int, slots: int, count: int
+) -> None:
+    line = b"0123456789 abcdefghi\n"
+    for index in range(files):
+        (tmp_path / f"f{index:03d}.txt").write_bytes(line * (file_bytes // len(line)))
+    splits, _ = plan_splits(str(tmp_path / "*.txt"), split_bytes, slots)
+    assert len(splits) == count
+    sizes = [split_bytes_of(split) for split in splits]
+    assert max(sizes) - min(sizes) < len(splits)  # equal, to rounding
+    assert len(lines_of(splits)) == files * (file_bytes // len(line))
+
+
 def test_errors_name_what_to_fix_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(BadRequest, match="matches no file"):
         plan_splits(str(tmp_path / "*.nothing"), 4096)
@@ -92,6 +126,36 @@ def test_equal_keys_hash_alike_and_unpicklable_keys_are_named() -> None:
     assert stable_hash("a") != stable_hash(b"a")
     with pytest.raises(TypeError, match="key of type generator"):
         _key_bytes(x for x in ())
+
+
+def test_the_str_fast_path_hashes_as_stable_hash_does() -> None:
+    keys = ["word", "é", "\udc80", "", ("a", 1), 1, True, 1.0, b"word", None, "word"]
+    assert stable_hashes(keys) == [stable_hash(key) for key in keys]
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 8])
+@pytest.mark.parametrize("combined", [True, False])
+def test_partitions_carry_every_pair_to_the_partition_of_its_key(partitions: int, combined: bool) -> None:
+    rng = random.Random(partitions)
+    values_of: dict[object, list[int]] = {}
+    for _ in range(2000):
+        key = rng.choice([f"w{rng.randrange(300)}", rng.randrange(50), ("t", rng.randrange(20))])
+        values_of.setdefault(key, []).append(rng.randrange(10))
+    expected = {key: sorted(values) for key, values in values_of.items()}
+    keys, values = _pairs({key: list(values) for key, values in values_of.items()}, (lambda key, vs: sum(vs)) if combined else None)
+    # Two maps' outputs, merged as a reduce does.
+    groups: defaultdict[object, list[int]] = defaultdict(list)
+    for index, (part_keys, part_values) in enumerate(_partition(keys, values, partitions)):
+        assert all(stable_hash(key) % partitions == index for key in part_keys)
+        for _ in range(2):
+            if part_keys:
+                _merge(groups, _dumps_partition(part_keys, part_values))
+    assert set(groups) == set(expected)
+    for key, got in groups.items():
+        if combined:
+            assert got == [sum(expected[key])] * 2
+        else:
+            assert sorted(got) == sorted(expected[key] * 2)
 
 
 def test_the_hash_is_the_same_in_another_process() -> None:
