@@ -448,6 +448,60 @@ def object_get(
     error_console.print(f"wrote {output.stat().st_size} bytes to {output}")
 
 
+EVENTS_POLL_S = 1.0
+
+
+@app.command()
+def events(
+    cluster: ClusterOption,
+    node: NodesOption,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events as they happen.")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many (the newest).")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """The federation's timeline: every live node's events (members suspected,
+    declared dead, joined; leaders elected; voters replaced; tasks run again;
+    chunks repaired ...) merged in hybrid-logical-clock order, cause before
+    effect."""
+    import time
+
+    from moot.client.client import connect
+    from moot.client.errors import MootError
+    from moot.runtime.events import iter_new
+
+    seen: set[tuple[int, str]] = set()
+    after = 0
+    try:
+        with connect(node, cluster=cluster) as client:
+            while True:
+                records = client.events(after=after, limit=limit)
+                for record in iter_new(records, seen):
+                    _print_event(record, as_json)
+                if not follow:
+                    return
+                if records:
+                    # Events of other nodes may still come stamped a little
+                    # earlier than our newest: ask again from a margin back.
+                    after = max(0, records[-1]["hlc"] - (5_000 << 16))
+                    seen = {key for key in seen if key[0] > after}
+                sys.stdout.flush()
+                time.sleep(EVENTS_POLL_S)
+    except MootError as error:
+        raise fail(str(error)) from None
+    except KeyboardInterrupt:
+        return
+
+
+def _print_event(record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
+        return
+    fields = " ".join(
+        f"{name}={value}" for name, value in record.items() if name not in ("hlc", "time", "node", "event")
+    )
+    console.print(f"{record['time']}  [bold]{record['node']}[/]  {record['event']}  {fields}", highlight=False)
+
+
 @app.command()
 def status(
     cluster: ClusterOption,

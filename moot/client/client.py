@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -81,6 +82,27 @@ class Client:
         reply = self._request(lambda request_id: wire.MembersRequest(request_id=request_id), node=node)
         assert isinstance(reply, wire.MembersReply)
         return list(reply.members)
+
+    def events(
+        self, *, after: int = 0, limit: int = 1_000, federation: bool = True, node: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The federation's timeline (``moot events``): every live member's
+        events stamped after the hybrid timestamp ``after``, merged in
+        hybrid-clock order (cause before effect), oldest first, the newest
+        ``limit``. Each is a dict with ``hlc``, ``time``, ``node`` (where it
+        was seen), ``event`` and the event's own fields. ``federation=False``:
+        one node's alone."""
+        if not 1 <= limit <= wire.EVENTS_PER_QUERY_MAX:
+            raise BadRequest(f"events(): limit must be within 1..{wire.EVENTS_PER_QUERY_MAX}, not {limit}")
+        if after < 0:
+            raise BadRequest(f"events(): after is a hybrid timestamp (>= 0), not {after}")
+        reply = self._request(
+            lambda request_id: wire.EventsQuery(request_id=request_id, after=after, limit=limit, federation=federation),
+            node=node,
+        )
+        assert isinstance(reply, wire.EventsReply)
+        records: list[dict[str, Any]] = json.loads(reply.events)
+        return records
 
     def node_status(self, address: str) -> wire.StatusReply:
         """One node's view of the Raft group."""

@@ -46,14 +46,18 @@ from moot.core.raft_messages import (
 
 # Protocol versions this build speaks. Raise max when a message changes
 # meaning; raise min only when support for an old version is dropped.
-PROTOCOL_VERSION_MIN: Final = 1
-PROTOCOL_VERSION_MAX: Final = 1
+PROTOCOL_VERSION_MIN: Final = 2  # 2: frames carry the sender's hybrid logical clock
+PROTOCOL_VERSION_MAX: Final = 2
 
 # Hard cap on one frame. Large data (object chunks) is sent as a sequence of
 # frames below this; 16 MiB matches etcd's default request cap order
 # (--max-request-bytes 1.5 MiB is etcd's; we carry 4 MiB chunks, so 4x that).
 FRAME_BYTES_MAX: Final = 16 * 1024 * 1024
-FRAME_HEADER_BYTES: Final = 4
+# A frame: the body's length (4 bytes), the sender's hybrid logical clock
+# when it sent it (8 bytes, ``moot.core.hlc``; 0 from a sender without one),
+# both big-endian, then the body.
+FRAME_LENGTH_BYTES: Final = 4
+FRAME_HEADER_BYTES: Final = FRAME_LENGTH_BYTES + 8
 
 # Field caps. Node ids are short random hex strings; addresses are
 # HOST:PORT; labels are small operator-chosen strings (k8s caps label values
@@ -136,6 +140,8 @@ class TAGS:
     JOB_UNWATCH: Final = 96
     JOB_QUERY: Final = 97
     JOB_INFO: Final = 98
+    EVENTS_QUERY: Final = 100
+    EVENTS_REPLY: Final = 101
 
 
 class LocalProtocolError(Exception):
@@ -704,6 +710,31 @@ class JobInfo(msgspec.Struct, frozen=True, tag=TAGS.JOB_INFO, forbid_unknown_fie
     jobs: Annotated[tuple[JobSummary, ...], msgspec.Meta(max_length=tasks.JOBS_FINISHED_MAX_DEFAULT * 10)] = ()
 
 
+EVENTS_PER_QUERY_MAX: Final = 10_000
+EVENTS_BYTES_MAX: Final = 8 * 1024 * 1024
+
+
+class EventsQuery(msgspec.Struct, frozen=True, tag=TAGS.EVENTS_QUERY, forbid_unknown_fields=True):
+    """The timeline events (``moot.runtime.events``) stamped after ``after``
+    (a hybrid timestamp): this node's, or with ``federation`` every live
+    member's, merged in hybrid-clock order; the newest ``limit``."""
+
+    request_id: Sequence
+    after: Sequence = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=EVENTS_PER_QUERY_MAX)] = 1_000
+    federation: bool = False
+
+
+class EventsReply(msgspec.Struct, frozen=True, tag=TAGS.EVENTS_REPLY, forbid_unknown_fields=True):
+    """Events as a JSON array of objects (their fields differ by event);
+    ``missing``: members that did not answer in time."""
+
+    request_id: Sequence
+    node_id: NodeId
+    events: Annotated[bytes, msgspec.Meta(max_length=EVENTS_BYTES_MAX)] = b"[]"
+    missing: NodeIds = ()
+
+
 ObjectRequestTypes: Final = (ChunkUpload, ObjectCommit, ObjectStat, ChunkFetch, LocalAccess)
 ObjectPeerTypes: Final = (ChunkStore, ChunkGet, ChunkHas, ChunkBad)
 ObjectReplyTypes: Final = (ChunkStoreReply, ChunkData, ChunkHasReply)
@@ -765,6 +796,8 @@ Message = (
     | JobUnwatch
     | JobQuery
     | JobInfo
+    | EventsQuery
+    | EventsReply
 )
 TASK_PEER_TYPES: Final = (RunTasks, TasksDone, WorkerReport, StopTasks)
 TASK_CLIENT_TYPES: Final = (JobWatch, JobUnwatch, JobQuery)
@@ -785,10 +818,11 @@ def encode(message: Message) -> bytes:
     return body
 
 
-def encode_frame(message: Message) -> bytes:
-    """Encode one message with its 4-byte length header."""
+def encode_frame(message: Message, timestamp: int = 0) -> bytes:
+    """Encode one message with its header: length and the sender's hybrid
+    timestamp (``moot.core.hlc``) when it sent it."""
     body = encode(message)
-    return len(body).to_bytes(FRAME_HEADER_BYTES, "big") + body
+    return len(body).to_bytes(FRAME_LENGTH_BYTES, "big") + timestamp.to_bytes(8, "big") + body
 
 
 def decode(body: bytes) -> Message:
@@ -803,13 +837,18 @@ def decode(body: bytes) -> Message:
         raise RemoteProtocolError(f"malformed message: {error}") from error
 
 
-def frame_length(header: bytes) -> int:
-    """Read a frame header; a length over the cap raises RemoteProtocolError."""
+def frame_header(header: bytes) -> tuple[int, int]:
+    """Read a frame header: ``(body length, sender's hybrid timestamp)``; a
+    length over the cap or a timestamp that is not one raises
+    RemoteProtocolError."""
     assert len(header) == FRAME_HEADER_BYTES
-    length = int.from_bytes(header, "big")
+    length = int.from_bytes(header[:FRAME_LENGTH_BYTES], "big")
     if length > FRAME_BYTES_MAX:
         raise RemoteProtocolError(f"frame header announces {length} bytes, over FRAME_BYTES_MAX={FRAME_BYTES_MAX}")
-    return length
+    timestamp = int.from_bytes(header[FRAME_LENGTH_BYTES:], "big")
+    if timestamp >= 1 << 63:
+        raise RemoteProtocolError(f"frame header carries {timestamp:#x}, not a hybrid timestamp")
+    return length, timestamp
 
 
 def negotiate_version(peer_min: int, peer_max: int) -> int:

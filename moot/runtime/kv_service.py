@@ -274,6 +274,10 @@ class KvService:
     def _carry_out(self, out: ServerOutput) -> None:
         raft_out = out.raft
         self.storage.persist(hard_state=raft_out.hard_state, entries=raft_out.entries, snapshot=raft_out.snapshot)
+        # A new role is noted (and stamped on the timeline) before the
+        # messages it causes go out: a follower's "leader is X" then sorts
+        # after X's "I lead" in hybrid-clock order.
+        self._note_role()
         for message in raft_out.messages:
             address = self._address_of(message.target)
             if address is not None:
@@ -306,7 +310,6 @@ class KvService:
         if self._watches and (revision != self._pushed_revision or raft_out.restore_snapshot):
             self._push_watches()
         self._pushed_revision = revision
-        self._note_role()
         if self.server.compact_due():
             compact = self.server.compact(monotonic_ms())
             self._carry_out(compact)

@@ -256,7 +256,7 @@ def _receive(connection: socket.socket) -> wire.Message | None:
     header = _receive_exactly(connection, wire.FRAME_HEADER_BYTES, allow_eof=True)
     if header is None:
         return None
-    length = wire.frame_length(header)
+    length, _ = wire.frame_header(header)
     if length > RECEIVE_BYTES_MAX:
         raise LocalReadError(f"frame of {length} bytes is too large here")
     body = _receive_exactly(connection, length, allow_eof=False)
@@ -281,7 +281,7 @@ def _receive_with_fds(connection: socket.socket) -> tuple[wire.Message, list[int
                 _receive_exactly(connection, wire.FRAME_HEADER_BYTES - len(data), allow_eof=False)
                 or b""
             )
-        length = wire.frame_length(data[: wire.FRAME_HEADER_BYTES])
+        length, _ = wire.frame_header(data[: wire.FRAME_HEADER_BYTES])
         missing = wire.FRAME_HEADER_BYTES + length - len(data)
         if missing < 0:
             raise LocalReadError("the node sent more than one frame")

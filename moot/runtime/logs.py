@@ -27,6 +27,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, Final, TextIO
 
 LOGGER_NAME: Final = "moot"
+EventSink = Callable[[str, dict[str, Any]], int | None]  # (event, fields) -> its hybrid timestamp, if kept
 FIELDS_ATTRIBUTE: Final = "moot_fields"
 
 # A peer that reconnects every few milliseconds with a bad certificate
@@ -128,22 +129,35 @@ class StructuredLogger:
         once_interval_s: float = ONCE_INTERVAL_S_DEFAULT,
         once_keys_max: int = ONCE_KEYS_MAX_DEFAULT,
         _guard: _OnceGuard | None = None,
+        _sinks: list[EventSink] | None = None,
     ) -> None:
         self._logger = logger or logging.getLogger(LOGGER_NAME)
         self._fields: dict[str, Any] = {} if node is None else {"node": node}
         self._fields.update(fields or {})
         self._guard = _guard or _OnceGuard(clock, once_interval_s, once_keys_max)
+        self._sinks: list[EventSink] = _sinks if _sinks is not None else []
 
     def bind(self, **fields: Any) -> StructuredLogger:
         """A logger that adds ``fields`` to every line."""
         return StructuredLogger(
-            logger=self._logger, fields={**self._fields, **fields}, _guard=self._guard
+            logger=self._logger, fields={**self._fields, **fields}, _guard=self._guard, _sinks=self._sinks
         )
+
+    def add_sink(self, sink: EventSink) -> None:
+        """Show every event to ``sink`` too (this logger, its parent's and
+        every ``bind`` share them), whatever the log level: the node's
+        timeline. A sink that returns a hybrid timestamp has it written on
+        the line as ``hlc``."""
+        self._sinks.append(sink)
 
     def log(
         self, level: int, event: str, exc_info: bool | BaseException = False, **fields: Any
     ) -> None:
         """Write ``event`` with ``fields`` at ``level``."""
+        for sink in self._sinks:
+            stamp = sink(event, fields)
+            if stamp is not None:
+                fields = {**fields, "hlc": stamp}
         if not self._logger.isEnabledFor(level):
             return
         self._logger.log(

@@ -34,6 +34,7 @@ from moot.core.membership_config import MembershipConfig
 from moot.core.raft_config import RaftConfig
 from moot.core.scheduler import WorkerNode
 from moot.runtime import identity
+from moot.runtime.events import EventRing, EventsExchange
 from moot.runtime.kv_service import KvService
 from moot.runtime.logs import get_logger, log_event
 from moot.runtime.node_state import NodeState
@@ -44,7 +45,6 @@ from moot.runtime.transport import Peer, Transport, TransportConfig, parse_addre
 from moot.runtime.worker_pool import WorkerPoolError
 
 LEAVE_DRAIN_MS_MAX = 2_000  # how long a graceful leave waits for its gossip to go out
-EVENTS_KEPT_MAX = 1_000  # membership events kept in memory for the API
 
 
 class NodeStartError(Exception):
@@ -130,13 +130,15 @@ class Node:
         self.state = NodeState.open(options.data_dir)
         self.node_id = self.state.node_id
         self.log = get_logger(self.node_id)
+        self.events = EventRing(self.node_id, self.log)
+        self.log.add_sink(self.events)  # what the services log on the timeline is kept, stamped
+        self.exchange: EventsExchange | None = None
         self.membership: Membership | None = None
         self.transport: Transport | None = None
         self.kv: KvService | None = None
         self.objects: ObjectService | None = None
         self.tasks: TaskService | None = None
         self.addresses: dict[str, str] = {self.node_id: options.address}
-        self.events: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._http_runner: web.AppRunner | None = None
@@ -202,6 +204,7 @@ class Node:
             raise NodeStartError(
                 f"cannot listen on {self.options.listen}: {error.strerror or error}; choose a free --listen address"
             ) from error
+        self.exchange = EventsExchange(self.events, self.transport, self._live_peers)
         now = monotonic_ms()
         self.membership = Membership(
             self.config,
@@ -377,6 +380,8 @@ class Node:
                     objects_collected=stats["objects_collected"],
                 )
             peer.reply(status)
+        elif isinstance(message, wire.EventsQuery | wire.EventsReply) and self.exchange is not None:
+            self.exchange.on_message(peer, message)
         elif isinstance(message, wire.MembersRequest):
             peer.reply(
                 wire.MembersReply(
@@ -418,17 +423,6 @@ class Node:
                 # Drop the queue of messages to a member that is gone; a later
                 # send (gossip to the dead, reconnect) opens a fresh one.
                 self.transport.forget(event.address)
-            record = {
-                "kind": event.kind,
-                "node_id": event.node_id,
-                "address": event.address,
-                "incarnation": event.incarnation,
-                "time": time.time(),
-                "observer": self.node_id,
-            }
-            self.events.append(record)
-            if len(self.events) > EVENTS_KEPT_MAX:
-                del self.events[: len(self.events) - EVENTS_KEPT_MAX]
             log_event(
                 self.log,
                 logging.WARNING if event.kind in ("suspect", "dead") else logging.INFO,
@@ -476,6 +470,16 @@ class Node:
             voters.MemberStatus(member.node_id, member.state, member.state_changed_ms, member.labels)
             for member in self.membership.members()
         ]
+
+    def _live_peers(self) -> dict[str, str]:
+        """Members alive or suspected, other than us: node id -> address."""
+        if self.membership is None:
+            return {}
+        return {
+            member.node_id: member.address
+            for member in self.membership.members()
+            if member.node_id != self.node_id and member.state in ("alive", "suspect")
+        }
 
     def member_infos(self) -> tuple[wire.MemberInfo, ...]:
         """Our membership view in the client wire form."""
@@ -534,7 +538,30 @@ class Node:
         )
 
     async def _api_events(self, request: web.Request) -> web.Response:
-        return web.json_response({"node_id": self.node_id, "events": self.events})
+        """``/api/events?after=HLC&limit=N&scope=federation|node``: the
+        timeline, every live member's merged in hybrid-clock order (or this
+        node's alone), oldest first."""
+        try:
+            after = int(request.query.get("after", "0"))
+            limit = int(request.query.get("limit", "1000"))
+            scope = request.query.get("scope", "federation")
+            if after < 0 or not 1 <= limit <= wire.EVENTS_PER_QUERY_MAX or scope not in ("federation", "node"):
+                raise ValueError
+        except ValueError:
+            return web.json_response(
+                {
+                    "error": "bad_request",
+                    "message": f"after is a hybrid timestamp >= 0, limit 1..{wire.EVENTS_PER_QUERY_MAX}, "
+                    "scope federation or node",
+                },
+                status=400,
+            )
+        missing: list[str] = []
+        if scope == "node" or self.exchange is None:
+            records = self.events.since(after, limit)
+        else:
+            records, missing = await self.exchange.federation(after, limit)
+        return web.json_response({"node_id": self.node_id, "events": records, "missing": missing})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """Prometheus text exposition of this node's counters (behind the token, like the rest)."""

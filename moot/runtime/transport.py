@@ -57,7 +57,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal, NoReturn
 
 from moot.core import wire
-from moot.runtime import identity
+from moot.runtime import hlc_clock, identity
 from moot.runtime.faults import PASS, Faults
 from moot.runtime.logs import StructuredLogger
 
@@ -332,7 +332,7 @@ async def _read_message(
         if not error.partial:
             return None
         raise wire.RemoteProtocolError("connection closed inside a frame header") from error
-    length = wire.frame_length(header)  # checks the cap before reading the body
+    length, timestamp = wire.frame_header(header)  # checks the cap before reading the body
     if length > bytes_max:
         raise wire.RemoteProtocolError(f"frame of {length} bytes is over {bytes_max} here")
     try:
@@ -341,7 +341,14 @@ async def _read_message(
         raise wire.RemoteProtocolError(
             f"connection closed inside a frame ({len(error.partial)} of {length} bytes)"
         ) from error
-    return wire.decode(body)
+    message = wire.decode(body)
+    hlc_clock.observe(timestamp)
+    return message
+
+
+def _frame(message: wire.Message) -> bytes:
+    """``message`` framed, stamped with this process's hybrid clock."""
+    return wire.encode_frame(message, hlc_clock.stamp())
 
 
 def _remote_address(writer: asyncio.StreamWriter) -> str:
@@ -395,7 +402,7 @@ async def _close_writer(
     """Close gracefully (flushing what is buffered, and ``goodbye``), abort after ``timeout_s``."""
     try:
         if goodbye is not None and not writer.is_closing():
-            writer.write(wire.encode_frame(wire.Goodbye(reason=goodbye[: wire.REASON_CHARS_MAX])))
+            writer.write(_frame(wire.Goodbye(reason=goodbye[: wire.REASON_CHARS_MAX])))
         writer.close()
         async with asyncio.timeout(timeout_s):
             await writer.wait_closed()
@@ -493,7 +500,7 @@ class _ReplyChannel:
         self._write_timeout_s = config.write_timeout_ms / 1000
 
     def offer(self, message: wire.Message) -> bool:
-        if self.queue.offer(wire.encode_frame(message)):
+        if self.queue.offer(_frame(message)):
             return True
         self._counters.replies_dropped_queue_full += 1
         return False
@@ -816,7 +823,7 @@ async def _open_stream(
     _enable_keepalive(writer)
     try:
         async with asyncio.timeout(config.handshake_timeout_ms / 1000):
-            writer.write(wire.encode_frame(hello))
+            writer.write(_frame(hello))
             await writer.drain()
             reply = await _read_message(reader, _HELLO_FRAME_BYTES_MAX)
         if isinstance(reply, wire.Goodbye):
@@ -1007,7 +1014,7 @@ class Transport:
         encoded (over the frame cap) and ``ValueError`` if ``address`` is not
         HOST:PORT: bugs in the caller.
         """
-        frame = wire.encode_frame(message)
+        frame = _frame(message)
         if self.closing:
             return False
         peer = self._peer(address)
@@ -1021,7 +1028,7 @@ class Transport:
 
     async def send_wait(self, address: str, message: wire.Message) -> None:
         """Queue ``message``, waiting while the peer's queue is full (backpressure)."""
-        frame = wire.encode_frame(message)
+        frame = _frame(message)
         if self.closing:
             raise TransportClosedError("transport is closed")
         peer = self._peer(address)
@@ -1315,7 +1322,7 @@ class Transport:
             if not hmac.compare_digest(message.token.encode("utf-8"), self._token):
                 raise _Refused("token", "client token does not match the cluster's token")
             channel = _ReplyChannel(self.config, self.inbound_counters)
-        writer.write(wire.encode_frame(self.hello()))
+        writer.write(_frame(self.hello()))
         await writer.drain()
         return Peer(
             role=message.role,
@@ -1428,7 +1435,7 @@ class ClientConnection:
             raise wire.LocalProtocolError(f"request_id {request_id} is already waiting for a reply")
         if len(self._pending) >= self._config.requests_inflight_max:
             raise TransportError(f"{len(self._pending)} requests in flight (requests_inflight_max)")
-        frame = wire.encode_frame(message)
+        frame = _frame(message)
         future: asyncio.Future[wire.Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         timeout_s = (
@@ -1456,7 +1463,7 @@ class ClientConnection:
         if self._lost_reason is not None:
             raise ConnectionLostError(f"connection to {self.address} is closed: {self._lost_reason}")
         try:
-            self._stream.writer.write(wire.encode_frame(message))
+            self._stream.writer.write(_frame(message))
             await self._stream.writer.drain()
         except OSError as error:
             raise ConnectionLostError(f"connection to {self.address} failed: {error}") from error
@@ -1466,7 +1473,7 @@ class ClientConnection:
         if self._lost_reason is not None:
             raise ConnectionLostError(f"connection to {self.address} is closed: {self._lost_reason}")
         try:
-            self._stream.writer.write(b"".join(wire.encode_frame(message) for message in messages))
+            self._stream.writer.write(b"".join(_frame(message) for message in messages))
             await self._stream.writer.drain()
         except OSError as error:
             raise ConnectionLostError(f"connection to {self.address} failed: {error}") from error

@@ -193,7 +193,7 @@ async def read_frame(reader: asyncio.StreamReader) -> wire.Message | None:
     """The next message, or None at end of stream (a closed connection)."""
     try:
         header = await reader.readexactly(wire.FRAME_HEADER_BYTES)
-        return wire.decode(await reader.readexactly(wire.frame_length(header)))
+        return wire.decode(await reader.readexactly(wire.frame_header(header)[0]))
     except (asyncio.IncompleteReadError, ConnectionResetError, ssl.SSLError):
         return None
 
@@ -355,7 +355,8 @@ async def test_plain_tcp_garbage_is_refused(
     await a.inbox.wait_for(lambda inbox: inbox.payloads() == [nack(7, "b")], "b's message")
 
 
-OVERSIZED_HEADER = (wire.FRAME_BYTES_MAX + 1).to_bytes(wire.FRAME_HEADER_BYTES, "big")
+NO_CLOCK = bytes(8)  # a frame header's hybrid timestamp: none
+OVERSIZED_HEADER = (wire.FRAME_BYTES_MAX + 1).to_bytes(wire.FRAME_LENGTH_BYTES, "big") + NO_CLOCK
 UNKNOWN_TAG = wire.encode_frame(wire.Goodbye(reason="x")).replace(b"\xa4type\x02", b"\xa4type\x63")
 
 
@@ -363,10 +364,10 @@ UNKNOWN_TAG = wire.encode_frame(wire.Goodbye(reason="x")).replace(b"\xa4type\x02
     ("after_hello", "payload", "reason"),
     [
         (False, OVERSIZED_HEADER, "over FRAME_BYTES_MAX"),
-        (False, (100_000).to_bytes(wire.FRAME_HEADER_BYTES, "big"), "bytes is over"),
+        (False, (100_000).to_bytes(wire.FRAME_LENGTH_BYTES, "big") + NO_CLOCK, "bytes is over"),
         (True, OVERSIZED_HEADER, "over FRAME_BYTES_MAX"),
         (True, UNKNOWN_TAG, "malformed"),
-        (True, b"\x00\x00\x00\x03\xc1\xc1\xc1", "malformed"),
+        (True, b"\x00\x00\x00\x03" + NO_CLOCK + b"\xc1\xc1\xc1", "malformed"),
         (False, frame(nack(1)), "expected Hello"),
         (True, frame(node_hello("n9")), "second Hello"),
     ],

@@ -128,7 +128,7 @@ def test_garbage_on_the_socket_closes_that_connection_only(
     store.put(chunk_id, data)
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     raw.connect(bytes.fromhex(server.grant(1).socket))
-    raw.sendall(b"\x00\x00\x00\x05hello")
+    raw.sendall(b"\x00\x00\x00\x05" + bytes(8) + b"hello")  # a frame header (length, no clock), then no message
     raw.settimeout(10)
     assert raw.recv(100) == b"", "the server closes a connection that sends garbage"
     raw.close()

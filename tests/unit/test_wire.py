@@ -89,11 +89,12 @@ messages = st.one_of(
 )
 
 
-@given(messages)
-def test_valid_messages_round_trip(message: wire.Message) -> None:
-    frame = wire.encode_frame(message)
-    length = wire.frame_length(frame[: wire.FRAME_HEADER_BYTES])
+@given(messages, st.integers(0, 2**63 - 1))
+def test_valid_messages_round_trip_with_the_senders_clock(message: wire.Message, timestamp: int) -> None:
+    frame = wire.encode_frame(message, timestamp)
+    length, stamped = wire.frame_header(frame[: wire.FRAME_HEADER_BYTES])
     assert length == len(frame) - wire.FRAME_HEADER_BYTES
+    assert stamped == timestamp
     assert wire.decode(frame[wire.FRAME_HEADER_BYTES :]) == message
 
 
@@ -124,19 +125,24 @@ def test_mutated_messages_raise_only_remote_protocol_error(
 
 @given(st.binary(min_size=wire.FRAME_HEADER_BYTES, max_size=wire.FRAME_HEADER_BYTES))
 def test_frame_header_is_capped(header: bytes) -> None:
-    announced = int.from_bytes(header, "big")
+    announced = int.from_bytes(header[: wire.FRAME_LENGTH_BYTES], "big")
+    timestamp = int.from_bytes(header[wire.FRAME_LENGTH_BYTES :], "big")
     if announced > wire.FRAME_BYTES_MAX:
         with pytest.raises(wire.RemoteProtocolError, match="over FRAME_BYTES_MAX"):
-            wire.frame_length(header)
+            wire.frame_header(header)
+    elif timestamp >= 2**63:
+        with pytest.raises(wire.RemoteProtocolError, match="not a hybrid timestamp"):
+            wire.frame_header(header)
     else:
-        assert wire.frame_length(header) == announced
+        assert wire.frame_header(header) == (announced, timestamp)
 
 
 def test_oversized_frame_header_rejected() -> None:
-    header = (wire.FRAME_BYTES_MAX + 1).to_bytes(wire.FRAME_HEADER_BYTES, "big")
+    clock = (7).to_bytes(8, "big")
+    header = (wire.FRAME_BYTES_MAX + 1).to_bytes(wire.FRAME_LENGTH_BYTES, "big") + clock
     with pytest.raises(wire.RemoteProtocolError):
-        wire.frame_length(header)
-    assert wire.frame_length(wire.FRAME_BYTES_MAX.to_bytes(4, "big")) == wire.FRAME_BYTES_MAX
+        wire.frame_header(header)
+    assert wire.frame_header(wire.FRAME_BYTES_MAX.to_bytes(4, "big") + clock) == (wire.FRAME_BYTES_MAX, 7)
 
 
 def test_oversized_body_rejected_before_parsing() -> None:
