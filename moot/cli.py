@@ -517,11 +517,18 @@ def status(
     try:
         with connect(node, cluster=cluster) as client:
             replies = client.status()
+            dashboards = sorted(
+                f"http://{member.labels['http']}/"
+                for member in client.members()
+                if member.state == "alive" and member.labels.get("http")
+            )
     except MootError as error:
         raise fail(str(error)) from None
     if as_json:
         sys.stdout.write(json.dumps([msgspec.to_builtins(r) for r in replies], indent=2) + "\n")
         return
+    if dashboards:
+        console.print(f"dashboard: {'  '.join(dashboards)}  (any of them; log in with the cluster's token)")
     leaders = {r.leader_id for r in replies if r.leader_id}
     names = {r.node_id: r.address for r in replies}
     leader_text = (

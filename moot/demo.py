@@ -272,6 +272,10 @@ def run_demo(*, nodes: int, keep: bool, console: Console) -> int:
         if keep:
             console.print(f"\nfederation left running; cluster dir {federation.cluster_dir}")
             console.print(f"  moot status --cluster {federation.cluster_dir} --node {federation.addresses[-1]}")
+            console.print(f"  moot events --cluster {federation.cluster_dir} --node {federation.addresses[-1]}")
+            console.print(
+                f"  dashboard: {federation.nodes[-1].http_url}/ (any node's; the token is in {federation.cluster_dir / 'token'})"
+            )
             console.print(f"  moot local down --dir {federation.directory}")
         console.print(f"demo took {time.monotonic() - began:.1f}s")
         return code

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hmac
 import logging
 import random
 import signal
@@ -20,7 +19,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -33,7 +31,8 @@ from moot.core.membership import Membership, MemberView, Output
 from moot.core.membership_config import MembershipConfig
 from moot.core.raft_config import RaftConfig
 from moot.core.scheduler import WorkerNode
-from moot.runtime import identity
+from moot.runtime import hlc_clock, identity
+from moot.runtime.dashboard import Dashboard
 from moot.runtime.events import EventRing, EventsExchange
 from moot.runtime.kv_service import KvService
 from moot.runtime.logs import get_logger, log_event
@@ -41,7 +40,7 @@ from moot.runtime.node_state import NodeState
 from moot.runtime.object_service import ObjectError, ObjectNotFound, ObjectService
 from moot.runtime.storage import StorageError
 from moot.runtime.task_service import TaskService
-from moot.runtime.transport import Peer, Transport, TransportConfig, parse_address
+from moot.runtime.transport import Peer, Transport, TransportConfig, format_address, parse_address
 from moot.runtime.worker_pool import WorkerPoolError
 
 LEAVE_DRAIN_MS_MAX = 2_000  # how long a graceful leave waits for its gossip to go out
@@ -133,6 +132,7 @@ class Node:
         self.events = EventRing(self.node_id, self.log)
         self.log.add_sink(self.events)  # what the services log on the timeline is kept, stamped
         self.exchange: EventsExchange | None = None
+        self.dashboard: Dashboard | None = None
         self.membership: Membership | None = None
         self.transport: Transport | None = None
         self.kv: KvService | None = None
@@ -210,7 +210,7 @@ class Node:
             self.config,
             node_id=self.node_id,
             address=self.options.address,
-            labels=gossiped_labels({"host": socket.gethostname(), **self.options.labels}, self.options.resources),
+            labels=gossiped_labels(self._own_labels(), self.options.resources),
             cpus=self.options.cpus,
             rng=random.Random(),
             now_ms=now,
@@ -471,6 +471,19 @@ class Node:
             for member in self.membership.members()
         ]
 
+    def _own_labels(self) -> dict[str, str]:
+        """The labels this node gossips: the operator's, the machine's name
+        (maps over local files run where the files are), and the dashboard's
+        address (a page whose node died reads another's)."""
+        labels = {"host": socket.gethostname()}
+        if self.options.http:
+            host, port = parse_address(self.options.http)
+            if host in ("0.0.0.0", "::", ""):
+                host = parse_address(self.options.address)[0]
+            labels["http"] = format_address(host, port)
+        labels.update(self.options.labels)
+        return labels
+
     def _live_peers(self) -> dict[str, str]:
         """Members alive or suspected, other than us: node id -> address."""
         if self.membership is None:
@@ -494,7 +507,9 @@ class Node:
 
     async def _start_http(self, address: str) -> None:
         host, port = parse_address(address)
-        app = web.Application(middlewares=[self._auth_middleware])
+        self.dashboard = Dashboard(self)
+        app = web.Application(middlewares=[self.dashboard.middleware])
+        self.dashboard.add_routes(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/api/members", self._api_members)
         app.router.add_get("/api/events", self._api_events)
@@ -509,22 +524,6 @@ class Node:
             raise NodeStartError(
                 f"cannot serve HTTP on {address}: {error.strerror or error}; choose a free --http address"
             ) from error
-
-    @web.middleware
-    async def _auth_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path != "/healthz":
-            header = request.headers.get("Authorization", "")
-            token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-            if not hmac.compare_digest(token.encode(), self.cluster.token.encode()):
-                return web.json_response(
-                    {
-                        "error": "unauthorized",
-                        "message": "send the cluster token as 'Authorization: Bearer <token>' (the file CLUSTER_DIR/token)",
-                    },
-                    status=401,
-                )
-        response: web.StreamResponse = await handler(request)
-        return response
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "node_id": self.node_id})
@@ -623,6 +622,20 @@ class _NodeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         node = self.node
+        yield from self._membership()
+        yield from self._transport()
+        yield from self._tasks()
+        yield GaugeMetricFamily(
+            "moot_hlc_max_ahead_ms",
+            "The most a received hybrid timestamp ran ahead of this node's wall clock (clock disagreement seen).",
+            value=hlc_clock.max_ahead_ms(),
+        )
+        yield GaugeMetricFamily("moot_events_kept", "Timeline events this node keeps.", value=len(node.events))
+        if node.dashboard is not None:
+            yield GaugeMetricFamily("moot_dashboard_streams", "Dashboard pages reading this node's live stream.", value=node.dashboard.streams)
+            yield CounterMetricFamily(
+                "moot_dashboard_streams_dropped", "Dashboard streams dropped for not reading.", value=node.dashboard.streams_dropped
+            )
         if node.kv is not None:
             raft = node.kv.server.raft
             yield GaugeMetricFamily("moot_raft_term", "Current Raft term.", value=raft.term)
@@ -644,6 +657,71 @@ class _NodeCollector(Collector):
             yield CounterMetricFamily("moot_object_cache_hits", "Chunk reads served from the edge cache.", value=stats["cache_hits"])
             yield CounterMetricFamily("moot_object_collected", "Unreferenced objects collected (by this node as leader).", value=stats["objects_collected"])
             yield CounterMetricFamily("moot_object_chunks_collected", "Unused chunks deleted from this disk.", value=stats["chunks_collected"])
+
+
+    def _membership(self) -> Iterator[Metric]:
+        node = self.node
+        if node.membership is None:
+            return
+        by_state = GaugeMetricFamily("moot_members", "Members this node knows, by state.", labels=["state"])
+        counts = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
+        for member in node.membership.members():
+            counts[member.state] = counts.get(member.state, 0) + 1
+        for state, count in counts.items():
+            by_state.add_metric([state], count)
+        yield by_state
+        yield GaugeMetricFamily("moot_member_incarnation", "This node's incarnation number.", value=node.membership.incarnation)
+
+    def _transport(self) -> Iterator[Metric]:
+        transport = self.node.transport
+        if transport is None:
+            return
+        counters = transport.counters()
+        outbound = counters["outbound"].values()
+        for name, counter, text in (
+            ("moot_transport_messages_sent", "messages_sent", "Frames written to other nodes."),
+            ("moot_transport_messages_dropped", "messages_dropped_queue_full", "Messages to other nodes dropped: queue full."),
+            ("moot_transport_connects", "connects", "Connections opened to other nodes."),
+            ("moot_transport_connect_failures", "connect_failures", "Failed connection attempts to other nodes."),
+        ):
+            yield CounterMetricFamily(name, text, value=sum(peer[counter] for peer in outbound))
+        inbound = counters["inbound"]
+        yield CounterMetricFamily(
+            "moot_transport_messages_received",
+            "Messages received from other nodes and clients.",
+            value=sum(inbound["messages_received_by_node"].values()) + inbound["messages_received_from_clients"],
+        )
+        refused = CounterMetricFamily("moot_transport_connections_refused", "Refused handshakes, by kind.", labels=["kind"])
+        kinds = dict.fromkeys(("capacity", "tls", "timeout", "protocol", "version", "identity", "token"), 0)
+        kinds.update(inbound["connections_refused"])
+        for kind, count in sorted(kinds.items()):
+            refused.add_metric([kind], count)
+        yield refused
+        yield GaugeMetricFamily("moot_transport_outbound_connected", "Open connections to other nodes.", value=counters["outbound_connected"])
+        yield GaugeMetricFamily("moot_transport_inbound_connections", "Open connections from nodes and clients.", value=counters["inbound_connections_open"])
+
+    def _tasks(self) -> Iterator[Metric]:
+        node = self.node
+        if node.kv is None:
+            return
+        table = node.kv.server.state.tasks
+        jobs = GaugeMetricFamily("moot_jobs", "Jobs in the task table (as this node's replica has it), by state.", labels=["state"])
+        tasks_by_state = GaugeMetricFamily("moot_tasks", "Tasks of the kept jobs, by state.", labels=["state"])
+        job_counts: dict[str, int] = {}
+        task_counts: dict[str, int] = {"pending": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
+        for job in table.jobs():
+            job_counts[job.state] = job_counts.get(job.state, 0) + 1
+            for task in job.tasks:
+                task_counts[task.state] = task_counts.get(task.state, 0) + 1
+            task_counts["pending"] += job.total - len(job.tasks)
+        for state, count in sorted(job_counts.items()):
+            jobs.add_metric([state], count)
+        for state, count in task_counts.items():
+            tasks_by_state.add_metric([state], count)
+        yield jobs
+        yield tasks_by_state
+        if node.tasks is not None:
+            yield GaugeMetricFamily("moot_worker_slots", "Worker processes on this node.", value=node.tasks.cpus)
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int]:

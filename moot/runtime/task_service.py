@@ -178,7 +178,7 @@ class TaskService:
             ]:
                 del self._watches[message.job_id][key]
         elif isinstance(message, wire.JobQuery):
-            peer.reply(self._job_info(message))
+            peer.reply(self.job_info(message))
 
     def members_changed(self) -> None:
         if self.leader is not None:
@@ -507,7 +507,7 @@ class TaskService:
             watch.seq = results[-1].seq
         return job.state not in ("finished", "cancelled") or watch.seq < job.seq
 
-    def _job_info(self, query: wire.JobQuery) -> wire.JobInfo:
+    def job_info(self, query: wire.JobQuery) -> wire.JobInfo:
         table = self.kv.server.state.tasks
         if query.job_id:
             job = table.job(query.job_id)

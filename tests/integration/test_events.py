@@ -10,8 +10,7 @@ import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -34,18 +33,7 @@ def wait_for(predicate: Any, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def http_json(url: str, token: str | None) -> tuple[int, Any]:
-    request = urllib.request.Request(url)
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def test_the_timeline_tells_a_leader_kill_in_causal_order(tmp_path: Any) -> None:
+def test_the_timeline_tells_a_leader_kill_in_causal_order(tmp_path: Any, http: Callable[..., Any]) -> None:
     with LocalFederation(3, directory=tmp_path / "fed") as federation:
         client = federation.client()
         statuses = federation.statuses()
@@ -90,13 +78,13 @@ def test_the_timeline_tells_a_leader_kill_in_causal_order(tmp_path: Any) -> None
 
         # The HTTP API: the same timeline behind the token.
         url = federation.nodes[new].http_url + "/api/events?limit=50"
-        status, body = http_json(url, federation.token)
+        status, body = http(url, token=federation.token)
         assert status == 200 and body["missing"] == []
         assert [e["hlc"] for e in body["events"]] == sorted(e["hlc"] for e in body["events"])
         assert any(e["event"] == "member_dead" for e in body["events"])
-        status, body = http_json(url, None)
+        status, body = http(url)
         assert status == 401 and "events" not in body
-        status, body = http_json(federation.nodes[new].http_url + "/api/events?limit=0", federation.token)
+        status, body = http(federation.nodes[new].http_url + "/api/events?limit=0", token=federation.token)
         assert status == 400 and "limit" in body["message"]
 
         # The CLI prints it.

@@ -1,0 +1,1 @@
+"""The dashboard's page and assets, served by every node (``moot.runtime.dashboard``)."""
