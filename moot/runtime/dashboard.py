@@ -30,6 +30,7 @@ import hmac
 import json
 import logging
 import re
+import socket
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
@@ -49,6 +50,7 @@ OVERVIEW_INTERVAL_S: Final = 1.0
 EVENTS_INTERVAL_S: Final = 2.0
 EVENTS_MARGIN_MS: Final = 5_000  # re-ask this far back: other nodes' events may arrive a little late
 WRITE_TIMEOUT_S: Final = 5.0
+STREAM_SEND_BUFFER_BYTES: Final = 64 * 1024  # the kernel's share of what a stalled reader can pile up
 JOBS_SHOWN_MAX: Final = 50
 ASSETS: Final = {"app.js": "text/javascript", "style.css": "text/css"}
 OPEN_PATHS: Final = frozenset({"/healthz", "/login"})
@@ -74,6 +76,8 @@ class Dashboard:
         app.router.add_post("/logout", self.logout)
         app.router.add_get("/static/{name}", self.static)
         app.router.add_get("/api/overview", self.api_overview)
+        for part in ("raft", "jobs", "objects"):
+            app.router.add_get(f"/api/{part}", self.api_part)
         app.router.add_get("/api/stream", self.api_stream)
         app.router.add_post("/api/jobs/{job_id}/cancel", self.api_cancel)
 
@@ -211,10 +215,20 @@ class Dashboard:
     async def api_overview(self, request: web.Request) -> web.Response:
         return web.json_response(self.overview())
 
+    async def api_part(self, request: web.Request) -> web.Response:
+        """``/api/raft``, ``/api/jobs``, ``/api/objects``: one part of the overview."""
+        part = request.path.removeprefix("/api/")
+        return web.json_response({"node_id": self.node.node_id, part: self.overview()[part]})
+
     async def api_stream(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events until the client goes (or stops reading)."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
         self._cors(request, response)
+        connection = request.transport.get_extra_info("socket") if request.transport is not None else None
+        if connection is not None:
+            # Bounded: 64 KiB here, 64 KiB in asyncio's buffer (its high-water
+            # mark), then a write waits, and after WRITE_TIMEOUT_S the reader goes.
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER_BYTES)
         await response.prepare(request)
         self.streams += 1
         after = 0

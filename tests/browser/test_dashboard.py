@@ -7,6 +7,9 @@ carry on from another node."""
 from __future__ import annotations
 
 import os
+import socket
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +90,11 @@ def test_the_api_refuses_without_the_token_and_answers_bad_routes_in_json(tmp_pa
         assert status == 401
         status, body = http(base + "/api/overview", token=token)
         assert status == 200 and body["members"][0]["node_id"] == body["node_id"]
+        for part in ("raft", "jobs", "objects"):
+            status, body = http(base + f"/api/{part}", token=token)
+            assert status == 200 and part in body, body
+        status, body = http(base + "/api/raft", token=token)
+        assert body["raft"]["leader"] == body["node_id"] and body["raft"]["voters"] == [body["node_id"]]
         status, body = http(base + "/api/nothing-here", token=token)
         assert status == 404 and body["error"] == "not_found"
         status, body = http(base + "/healthz")
@@ -100,3 +108,40 @@ def test_the_api_refuses_without_the_token_and_answers_bad_routes_in_json(tmp_pa
         assert status == 404 and "no job" in body["message"]
         status, body = http(base + "/api/jobs/bogus/cancel", method="POST", token=token)
         assert status == 400 and "job id" in body["message"]
+
+
+def test_a_stream_reader_that_stops_reading_blocks_nothing_and_is_dropped(
+    tmp_path: Path, http: Callable[..., Any]
+) -> None:
+    with LocalFederation(1, directory=tmp_path / "fed") as federation:
+        client = federation.client()
+        for value in range(50):  # jobs make each overview a few KiB: the buffers fill sooner
+            assert client.submit(abs, -value).result() == value
+        node = federation.nodes[0]
+        host, port = node.http_address.rsplit(":", 1)
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect((host, int(port)))
+        request = f"GET /api/stream HTTP/1.1\r\nHost: {node.http_address}\r\nAuthorization: Bearer {federation.token}\r\n\r\n"
+        stalled.sendall(request.encode())
+        try:
+            deadline = time.monotonic() + 90
+            dropped = 0.0
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                status, _ = http(node.http_url + "/healthz")
+                assert status == 200 and time.monotonic() - started < 1.0, "the node answers while a reader stalls"
+                with urllib.request.urlopen(
+                    urllib.request.Request(node.http_url + "/metrics", headers={"Authorization": f"Bearer {federation.token}"}),
+                    timeout=10,
+                ) as response:
+                    text = response.read().decode()
+                dropped = next(
+                    float(line.split()[1]) for line in text.splitlines() if line.startswith("moot_dashboard_streams_dropped_total")
+                )
+                if dropped:
+                    break
+                time.sleep(1)  # polling a condition with a deadline
+            assert dropped == 1, "the stalled reader was dropped"
+        finally:
+            stalled.close()

@@ -95,3 +95,10 @@ def test_the_timeline_tells_a_leader_kill_in_causal_order(tmp_path: Any, http: C
         ).stdout
         printed = [json.loads(line) for line in out.splitlines()]
         assert any(e["event"] == "member_dead" and e.get("member") == ids[old] for e in printed)
+        status_out = subprocess.run(
+            [sys.executable, "-m", "moot", "status", "--cluster", str(federation.cluster_dir), *nodes],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout
+        assert "dashboard:" in status_out
+        assert all(f"{federation.nodes[i].http_url}/" in status_out for i in survivors)
+        assert f"{federation.nodes[old].http_url}/" not in status_out
