@@ -40,6 +40,14 @@ def test_the_timeline_tells_a_leader_kill_in_causal_order(tmp_path: Any, http: C
         ids = {index: status.node_id for index, status in statuses.items()}
         old = federation.leader()
         survivors = [index for index in range(3) if index != old]
+        nodes = [option for i in survivors for option in ("--node", federation.addresses[i])]
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "moot", "events", "--follow", "--json", "--cluster", str(federation.cluster_dir), *nodes],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert follow.stdout is not None
+        first = json.loads(follow.stdout.readline())  # the timeline so far, then it follows
+        assert first["event"] in {"node_started", "member_joined", "raft_role", "raft_bootstrapped"}
         federation.kill(old)
         new = federation.leader()
         assert new != old
@@ -87,8 +95,16 @@ def test_the_timeline_tells_a_leader_kill_in_causal_order(tmp_path: Any, http: C
         status, body = http(federation.nodes[new].http_url + "/api/events?limit=0", token=federation.token)
         assert status == 400 and "limit" in body["message"]
 
-        # The CLI prints it.
-        nodes = [option for i in survivors for option in ("--node", federation.addresses[i])]
+        # The CLI prints it, and a follower saw it happen.
+        try:
+            followed = []
+            while not any(e["event"] == "member_dead" and e.get("member") == ids[old] for e in followed):
+                line = follow.stdout.readline()  # the test's timeout bounds the wait
+                assert line, f"moot events --follow ended ({follow.poll()})"
+                followed.append(json.loads(line))
+        finally:
+            follow.terminate()
+            follow.wait(timeout=30)
         out = subprocess.run(
             [sys.executable, "-m", "moot", "events", "--cluster", str(federation.cluster_dir), *nodes, "--json"],
             capture_output=True, text=True, timeout=60, check=True,
