@@ -456,7 +456,7 @@ def events(
     cluster: ClusterOption,
     node: NodesOption,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events as they happen.")] = False,
-    limit: Annotated[int, typer.Option(help="At most this many (the newest).")] = 200,
+    limit: Annotated[int, typer.Option(help="At most this many (the newest); with --follow, per poll.")] = 2_000,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
 ) -> None:
     """The federation's timeline: every live node's events (members suspected,
@@ -493,13 +493,18 @@ def events(
 
 
 def _print_event(record: dict[str, Any], as_json: bool) -> None:
+    from rich.markup import escape
+
     if as_json:
         sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
         return
     fields = " ".join(
-        f"{name}={value}" for name, value in record.items() if name not in ("hlc", "time", "node", "event")
+        f"{name}={value}" for name, value in record.items() if name not in ("hlc", "hlc_text", "time", "node", "event")
     )
-    console.print(f"{record['time']}  [bold]{record['node']}[/]  {record['event']}  {fields}", highlight=False)
+    console.print(
+        f"{escape(str(record['time']))}  [bold]{escape(str(record['node']))}[/]  {escape(str(record['event']))}  {escape(fields)}",
+        highlight=False,
+    )
 
 
 @app.command()

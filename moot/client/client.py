@@ -94,8 +94,8 @@ class Client:
         one node's alone."""
         if not 1 <= limit <= wire.EVENTS_PER_QUERY_MAX:
             raise BadRequest(f"events(): limit must be within 1..{wire.EVENTS_PER_QUERY_MAX}, not {limit}")
-        if after < 0:
-            raise BadRequest(f"events(): after is a hybrid timestamp (>= 0), not {after}")
+        if not 0 <= after < 2**63:
+            raise BadRequest(f"events(): after is a hybrid timestamp (0 to 2**63 - 1), not {after}")
         reply = self._request(
             lambda request_id: wire.EventsQuery(request_id=request_id, after=after, limit=limit, federation=federation),
             node=node,

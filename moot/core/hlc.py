@@ -23,6 +23,12 @@ The counter has ``LOGICAL_BITS`` bits; should it ever fill within one
 millisecond (65,535 events with no clock progress), ``wall_ms`` moves on by
 one instead — order is kept, at the cost of a millisecond of drift.
 
+A received timestamp more than ``AHEAD_MS_MAX`` ahead of this node's clock
+is not adopted (counted in ``ignored``; CockroachDB refuses such messages):
+one machine with a clock set a year ahead — or a forged frame — must not
+drag every clock in the federation into the future. Causal order holds
+between nodes whose clocks agree within that bound.
+
 Sans-IO: the caller passes its physical time in; nothing here reads a clock.
 """
 
@@ -34,6 +40,8 @@ from typing import Final
 LOGICAL_BITS: Final = 16
 LOGICAL_MAX: Final = (1 << LOGICAL_BITS) - 1
 WALL_MS_MAX: Final = (1 << (63 - LOGICAL_BITS)) - 1  # timestamps fit in a signed 64-bit int
+TIMESTAMP_MAX: Final = WALL_MS_MAX << LOGICAL_BITS | LOGICAL_MAX  # 2**63 - 1
+AHEAD_MS_MAX: Final = 60_000  # a received stamp further ahead of our clock than this is not adopted
 
 
 def pack(wall_ms: int, logical: int) -> int:
@@ -66,7 +74,7 @@ class Clock:
     sent; ``observe(physical_ms, remote)`` takes in a received message's
     timestamp and stamps the receipt. Both return the new timestamp."""
 
-    __slots__ = ("_logical", "_wall_ms", "max_ahead_ms")
+    __slots__ = ("_logical", "_wall_ms", "ignored", "max_ahead_ms")
 
     def __init__(self) -> None:
         self._wall_ms = 0
@@ -74,6 +82,8 @@ class Clock:
         self.max_ahead_ms = 0
         """The most a received timestamp ran ahead of this node's physical
         clock (ms): how far the federation's clocks disagree, as seen here."""
+        self.ignored = 0
+        """Received timestamps too far ahead to adopt (``AHEAD_MS_MAX``)."""
 
     @property
     def last(self) -> int:
@@ -94,6 +104,9 @@ class Clock:
         physical_ms = _clamp(physical_ms)
         remote_wall, remote_logical = unpack(remote)
         self.max_ahead_ms = max(self.max_ahead_ms, remote_wall - physical_ms)
+        if remote_wall - physical_ms > AHEAD_MS_MAX:
+            self.ignored += 1
+            return self.tick(physical_ms)
         wall = max(self._wall_ms, remote_wall, physical_ms)
         if wall == self._wall_ms == remote_wall:
             logical = max(self._logical, remote_logical)
@@ -111,8 +124,9 @@ class Clock:
     def _bump(self) -> None:
         if self._logical < LOGICAL_MAX:
             self._logical += 1
-        else:
+        elif self._wall_ms < WALL_MS_MAX:
             self._wall_ms, self._logical = self._wall_ms + 1, 0
+        # else: the end of representable time; stay there rather than fail
 
 
 def _clamp(physical_ms: int) -> int:

@@ -45,10 +45,12 @@ from moot.runtime.logs import log_event
 if TYPE_CHECKING:
     from moot.runtime.node import Node
 
-COOKIE: Final = "moot_token"
+COOKIE: Final = "moot_session"
+SESSION_CONTEXT: Final = b"moot dashboard session v1"
 OVERVIEW_INTERVAL_S: Final = 1.0
 EVENTS_INTERVAL_S: Final = 2.0
 EVENTS_MARGIN_MS: Final = 5_000  # re-ask this far back: other nodes' events may arrive a little late
+EVENTS_PER_POLL: Final = 2_000  # a node keeps that many: a burst between two polls is not cut
 WRITE_TIMEOUT_S: Final = 5.0
 STREAM_SEND_BUFFER_BYTES: Final = 64 * 1024  # the kernel's share of what a stalled reader can pile up
 JOBS_SHOWN_MAX: Final = 50
@@ -90,9 +92,15 @@ class Dashboard:
         if header.startswith("Bearer ") and hmac.compare_digest(header.removeprefix("Bearer ").strip().encode(), expected):
             return "bearer"
         cookie = request.cookies.get(COOKIE, "")
-        if cookie and hmac.compare_digest(cookie.encode(), expected):
+        if cookie and hmac.compare_digest(cookie.encode(), self.session().encode()):
             return "cookie"
         return None
+
+    def session(self) -> str:
+        """The login cookie's value: derived from the token, not the token
+        (a cookie goes to every port of a host; this one opens the
+        dashboard, never the client protocol that runs code)."""
+        return hmac.new(self.node.cluster.token.encode(), SESSION_CONTEXT, "sha256").hexdigest()
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -170,7 +178,7 @@ class Dashboard:
             page = asset("login.html").replace("<!--error-->", '<p class="error">That is not this cluster\'s token.</p>')
             return web.Response(text=page, content_type="text/html", status=401, headers=_no_store())
         response = web.HTTPFound("/")
-        response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
+        response.set_cookie(COOKIE, self.session(), httponly=True, samesite="Strict", path="/")
         raise response
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -238,7 +246,7 @@ class Dashboard:
                 await self._send(response, "overview", self.overview())
                 if time.monotonic() >= next_events and self.node.exchange is not None:
                     next_events = time.monotonic() + EVENTS_INTERVAL_S
-                    records, missing = await self.node.exchange.federation(after, 500)
+                    records, missing = await self.node.exchange.federation(after, EVENTS_PER_POLL)
                     if records:
                         after = max(0, records[-1]["hlc"] - (EVENTS_MARGIN_MS << 16))
                     await self._send(response, "events", {"events": records, "missing": missing})
@@ -248,6 +256,8 @@ class Dashboard:
         except TimeoutError:
             self.streams_dropped += 1
             log_event(self.node.log, logging.WARNING, "dashboard_stream_dropped", remote=request.remote or "", waited_s=WRITE_TIMEOUT_S)
+            if request.transport is not None:
+                request.transport.abort()  # its buffers go now, not when the reader wakes
         finally:
             self.streams -= 1
         return response

@@ -78,6 +78,9 @@ class EventRing:
         stamp = hlc_clock.stamp()
         record: dict[str, Any] = {
             "hlc": stamp,
+            # The same, as 19 digits: exact where JSON numbers are doubles
+            # (JavaScript), and sorts as text.
+            "hlc_text": f"{stamp:019d}",
             "time": hlc.format_timestamp(stamp),
             "node": self.node_id,
             "event": event,
@@ -154,16 +157,16 @@ class EventsExchange:
         self.members = members
         """Live members other than this node: node id -> address."""
         self._request_ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[wire.EventsReply]] = {}
+        self._pending: dict[int, tuple[str, asyncio.Future[wire.EventsReply]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def on_message(self, peer: Peer, message: wire.EventsQuery | wire.EventsReply) -> None:
         if isinstance(message, wire.EventsReply):
-            future = self._pending.get(message.request_id)
-            if future is not None and not future.done() and peer.role == "node":
-                future.set_result(message)
+            pending = self._pending.get(message.request_id)
+            if pending is not None and peer.role == "node" and peer.node_id == pending[0] and not pending[1].done():
+                pending[1].set_result(message)
             return
-        if not message.federation:
+        if not message.federation or peer.role == "node":  # a peer asks for ours alone
             reply = self._reply(message.request_id, self.ring.since(message.after, message.limit))
             if peer.role == "node":
                 # A peer's connection to us is one-way: answer on ours to it.
@@ -192,7 +195,7 @@ class EventsExchange:
         """Every live member's events after ``after``, merged, the newest
         ``limit``; and the members that did not answer in time."""
         members = sorted(self.members().items())
-        replies = await asyncio.gather(*(self._ask(address, after, limit) for _, address in members))
+        replies = await asyncio.gather(*(self._ask(node_id, address, after, limit) for node_id, address in members))
         timelines = [self.ring.since(after, limit)]
         missing: list[str] = []
         for (node_id, _), reply in zip(members, replies, strict=True):
@@ -208,10 +211,10 @@ class EventsExchange:
         merged = merge(*timelines)
         return merged[-limit:], missing
 
-    async def _ask(self, address: str, after: int, limit: int) -> wire.EventsReply | None:
+    async def _ask(self, node_id: str, address: str, after: int, limit: int) -> wire.EventsReply | None:
         request_id = next(self._request_ids)
         future: asyncio.Future[wire.EventsReply] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        self._pending[request_id] = (node_id, future)
         try:
             if not self.transport.send(address, wire.EventsQuery(request_id=request_id, after=after, limit=limit)):
                 return None

@@ -39,3 +39,8 @@ def observe(timestamp: int) -> None:
 def max_ahead_ms() -> int:
     """The most a received timestamp ran ahead of our wall clock (ms)."""
     return _clock.max_ahead_ms
+
+
+def ignored() -> int:
+    """Received timestamps too far ahead to adopt (``hlc.AHEAD_MS_MAX``)."""
+    return _clock.ignored

@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from moot.core import objects, placement, voters, wire
+from moot.core import hlc, objects, placement, voters, wire
 from moot.core.membership import Membership, MemberView, Output
 from moot.core.membership_config import MembershipConfig
 from moot.core.raft_config import RaftConfig
@@ -515,7 +515,8 @@ class Node:
         app.router.add_get("/api/events", self._api_events)
         app.router.add_get("/objects/{object_id}", self._get_object)
         app.router.add_get("/metrics", self._metrics)
-        self._http_runner = web.AppRunner(app, access_log=None)
+        # Open dashboard streams never end by themselves: at shutdown they get a second.
+        self._http_runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._http_runner.setup()
         site = web.TCPSite(self._http_runner, host, port)
         try:
@@ -544,7 +545,7 @@ class Node:
             after = int(request.query.get("after", "0"))
             limit = int(request.query.get("limit", "1000"))
             scope = request.query.get("scope", "federation")
-            if after < 0 or not 1 <= limit <= wire.EVENTS_PER_QUERY_MAX or scope not in ("federation", "node"):
+            if not 0 <= after <= hlc.TIMESTAMP_MAX or not 1 <= limit <= wire.EVENTS_PER_QUERY_MAX or scope not in ("federation", "node"):
                 raise ValueError
         except ValueError:
             return web.json_response(
@@ -630,6 +631,11 @@ class _NodeCollector(Collector):
             "The most a received hybrid timestamp ran ahead of this node's wall clock (clock disagreement seen).",
             value=hlc_clock.max_ahead_ms(),
         )
+        yield CounterMetricFamily(
+            "moot_hlc_ignored",
+            f"Received hybrid timestamps more than {hlc.AHEAD_MS_MAX} ms ahead of this node's clock, not adopted.",
+            value=hlc_clock.ignored(),
+        )
         yield GaugeMetricFamily("moot_events_kept", "Timeline events this node keeps.", value=len(node.events))
         if node.dashboard is not None:
             yield GaugeMetricFamily("moot_dashboard_streams", "Dashboard pages reading this node's live stream.", value=node.dashboard.streams)
@@ -677,7 +683,7 @@ class _NodeCollector(Collector):
         if transport is None:
             return
         counters = transport.counters()
-        outbound = counters["outbound"].values()
+        outbound = [*counters["outbound"].values(), counters["outbound_forgotten"]]
         for name, counter, text in (
             ("moot_transport_messages_sent", "messages_sent", "Frames written to other nodes."),
             ("moot_transport_messages_dropped", "messages_dropped_queue_full", "Messages to other nodes dropped: queue full."),

@@ -323,9 +323,11 @@ class InboundCounters:
 
 
 async def _read_message(
-    reader: asyncio.StreamReader, bytes_max: int = wire.FRAME_BYTES_MAX
+    reader: asyncio.StreamReader, bytes_max: int = wire.FRAME_BYTES_MAX, *, observe: bool = True
 ) -> wire.Message | None:
-    """The next message, or ``None`` if the peer closed cleanly between frames."""
+    """The next message, or ``None`` if the peer closed cleanly between frames.
+    Its sender's hybrid timestamp is observed unless ``observe`` is off (a
+    handshake's first frame: not from anyone we know yet)."""
     try:
         header = await reader.readexactly(wire.FRAME_HEADER_BYTES)
     except asyncio.IncompleteReadError as error:
@@ -342,7 +344,8 @@ async def _read_message(
             f"connection closed inside a frame ({len(error.partial)} of {length} bytes)"
         ) from error
     message = wire.decode(body)
-    hlc_clock.observe(timestamp)
+    if observe:
+        hlc_clock.observe(timestamp)
     return message
 
 
@@ -825,7 +828,7 @@ async def _open_stream(
         async with asyncio.timeout(config.handshake_timeout_ms / 1000):
             writer.write(_frame(hello))
             await writer.drain()
-            reply = await _read_message(reader, _HELLO_FRAME_BYTES_MAX)
+            reply = await _read_message(reader, _HELLO_FRAME_BYTES_MAX, observe=False)
         if isinstance(reply, wire.Goodbye):
             raise ConnectError(f"{address} refused us: {reply.reason}")
         if not isinstance(reply, wire.Hello):
@@ -926,6 +929,7 @@ class Transport:
         self.closing = False
         self._closed = False
         self._peers: dict[str, _OutboundPeer] = {}
+        self._forgotten = PeerCounters()  # the counters of peers forgotten, summed
         self._retiring: set[asyncio.Task[None]] = set()
         self._inbound: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
         self.inbound_counters = InboundCounters()
@@ -1044,6 +1048,8 @@ class Transport:
         peer = self._peers.pop(address, None)
         if peer is None:
             return
+        for name, value in asdict(peer.counters).items():  # totals never go down (metrics)
+            setattr(self._forgotten, name, getattr(self._forgotten, name) + value)
         peer.close()
         if peer.task is not None:
             peer.task.cancel()
@@ -1073,6 +1079,7 @@ class Transport:
         """A snapshot for metrics: per-destination counters and inbound totals."""
         return {
             "outbound": {address: asdict(peer.counters) for address, peer in self._peers.items()},
+            "outbound_forgotten": asdict(self._forgotten),
             "outbound_connected": sum(peer.connected for peer in self._peers.values()),
             "inbound": asdict(self.inbound_counters),
             "inbound_connections_open": len(self._inbound),
@@ -1280,7 +1287,7 @@ class Transport:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, remote: str
     ) -> Peer:
         try:
-            message = await _read_message(reader, _HELLO_FRAME_BYTES_MAX)
+            message = await _read_message(reader, _HELLO_FRAME_BYTES_MAX, observe=False)
         except wire.RemoteProtocolError as error:
             raise _Refused("protocol", str(error)) from error
         if message is None:

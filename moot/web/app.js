@@ -9,7 +9,7 @@ const token = sessionStorage.getItem("moot_token");
 const state = {
   origins: [location.origin],   // every member's HTTP address we have heard of
   current: location.origin,
-  events: new Map(),            // "hlc/node" -> event
+  events: new Map(),            // "hlc_text/node" -> event (hlc_text: exact, sorts as text)
   lastOverview: null,
 };
 
@@ -110,10 +110,12 @@ function renderJobs(overview) {
 
 function renderTimeline() {
   const list = document.getElementById("timeline");
-  const events = [...state.events.values()].sort((a, b) => b.hlc - a.hlc || a.node.localeCompare(b.node)).slice(0, TIMELINE_SHOWN);
+  // hlc_text, not hlc: hybrid timestamps are above 2**53, past what a JavaScript number holds exactly.
+  const order = (a, b) => (a.hlc_text < b.hlc_text ? 1 : a.hlc_text > b.hlc_text ? -1 : a.node.localeCompare(b.node));
+  const events = [...state.events.values()].sort(order).slice(0, TIMELINE_SHOWN);
   list.replaceChildren();
   for (const event of events) {
-    const fields = Object.entries(event).filter(([key]) => !["hlc", "time", "node", "event"].includes(key))
+    const fields = Object.entries(event).filter(([key]) => !["hlc", "hlc_text", "time", "node", "event"].includes(key))
       .map(([key, value]) => `${key}=${value}`).join(" ");
     list.append(el("li", {class: event.event},
       el("span", {class: "when"}, event.time.replace("T", " ")), " ",
@@ -132,7 +134,7 @@ function onOverview(overview) {
 }
 
 function onEvents(data) {
-  for (const event of data.events) state.events.set(`${event.hlc}/${event.node}`, event);
+  for (const event of data.events) state.events.set(`${event.hlc_text}/${event.node}`, event);
   while (state.events.size > 5 * TIMELINE_SHOWN) state.events.delete(state.events.keys().next().value);
   renderTimeline();
 }
@@ -194,4 +196,5 @@ async function cancelJob(jobId) {
   }
 }
 
+document.querySelector("header form").addEventListener("submit", () => sessionStorage.removeItem("moot_token"));
 run();

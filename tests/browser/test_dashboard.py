@@ -6,6 +6,7 @@ carry on from another node."""
 
 from __future__ import annotations
 
+import hmac
 import os
 import socket
 import time
@@ -54,6 +55,8 @@ def test_the_dashboard_follows_a_kill_and_outlives_its_node(browser: Browser, tm
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         log_in(page, base, federation.token)
 
+        cookies = {cookie["name"]: cookie["value"] for cookie in page.context.cookies()}
+        assert "moot_session" in cookies and federation.token not in cookies.values()
         alive = page.locator("#members tbody tr[data-state='alive']")
         expect(alive).to_have_count(3, timeout=UI_MS)
         expect(page.locator("#connection")).to_contain_text("live from", timeout=UI_MS)
@@ -101,7 +104,13 @@ def test_the_api_refuses_without_the_token_and_answers_bad_routes_in_json(tmp_pa
         assert status == 200 and body["ok"] is True
         # A change with the login cookie from another site is refused; with
         # the token in a header (curl, scripts) it is the caller's own.
-        cookie = {"Cookie": f"moot_token={token}", "Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+        # The login cookie is derived from the token, never the token itself.
+        session = hmac.new(token.encode(), b"moot dashboard session v1", "sha256").hexdigest()
+        status, body = http(base + "/api/overview", headers={"Cookie": f"moot_session={token}"})
+        assert status == 401, "the raw token is not a session"
+        status, body = http(base + "/api/overview", headers={"Cookie": f"moot_session={session}"})
+        assert status == 200
+        cookie = {"Cookie": f"moot_session={session}", "Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
         status, body = http(base + "/api/jobs/" + "0" * 32 + "/cancel", method="POST", headers=cookie)
         assert status == 403 and body["error"] == "forbidden"
         status, body = http(base + "/api/jobs/" + "0" * 32 + "/cancel", method="POST", token=token)

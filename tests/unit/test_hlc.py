@@ -50,7 +50,7 @@ def test_a_full_counter_moves_the_wall_part_on() -> None:
     assert clock.tick(10) == hlc.pack(11, 0)
 
 
-@given(st.lists(st.tuples(st.integers(0, 10_000), st.none() | st.integers(0, 2**40)), min_size=1, max_size=80))
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.none() | st.integers(0, 2**40) | st.integers(0, 2**63 - 1)), min_size=1, max_size=80))
 def test_every_timestamp_is_larger_than_the_last_and_than_what_was_received(
     steps: list[tuple[int, int | None]],
 ) -> None:
@@ -59,7 +59,25 @@ def test_every_timestamp_is_larger_than_the_last_and_than_what_was_received(
     for physical, remote in steps:
         stamped = clock.tick(physical) if remote is None else clock.observe(physical, remote)
         assert stamped > previous
-        if remote is not None:
-            assert stamped > remote
+        if remote is not None and hlc.unpack(remote)[0] - physical <= hlc.AHEAD_MS_MAX:
+            assert stamped > remote  # adopted: not from a clock too far ahead
         assert hlc.unpack(stamped)[0] >= physical
         previous = stamped
+
+
+def test_a_stamp_far_ahead_of_our_clock_is_not_adopted() -> None:
+    clock = hlc.Clock()
+    clock.tick(1_000)
+    far = hlc.pack(1_000 + hlc.AHEAD_MS_MAX + 1, 0)
+    stamped = clock.observe(1_000, far)
+    assert stamped == hlc.pack(1_000, 1) and clock.ignored == 1  # a year-ahead clock drags nobody along
+    assert clock.max_ahead_ms == hlc.AHEAD_MS_MAX + 1
+    near = hlc.pack(1_000 + hlc.AHEAD_MS_MAX, 0)
+    assert clock.observe(1_000, near) == hlc.pack(1_000 + hlc.AHEAD_MS_MAX, 1)
+
+
+def test_the_largest_timestamp_never_breaks_the_clock() -> None:
+    clock = hlc.Clock()
+    clock.observe(hlc.WALL_MS_MAX, hlc.TIMESTAMP_MAX)  # a forged frame at the end of time
+    assert clock.tick(hlc.WALL_MS_MAX) == hlc.TIMESTAMP_MAX
+    assert clock.tick(0) == hlc.TIMESTAMP_MAX
