@@ -467,7 +467,7 @@ def events(
 
     from moot.client.client import connect
     from moot.client.errors import MootError
-    from moot.runtime.events import iter_new
+    from moot.runtime.events import iter_new, resume_after
 
     seen: set[tuple[int, str]] = set()
     after = 0
@@ -479,11 +479,8 @@ def events(
                     _print_event(record, as_json)
                 if not follow:
                     return
-                if records:
-                    # Events of other nodes may still come stamped a little
-                    # earlier than our newest: ask again from a margin back.
-                    after = max(0, records[-1]["hlc"] - (5_000 << 16))
-                    seen = {key for key in seen if key[0] > after}
+                after = resume_after(records, after)
+                seen = {key for key in seen if key[0] > after}
                 sys.stdout.flush()
                 time.sleep(EVENTS_POLL_S)
     except MootError as error:

@@ -40,6 +40,7 @@ import msgspec
 from aiohttp import web
 
 from moot.core import tasks, wire
+from moot.runtime.events import resume_after
 from moot.runtime.logs import log_event
 
 if TYPE_CHECKING:
@@ -49,7 +50,6 @@ COOKIE: Final = "moot_session"
 SESSION_CONTEXT: Final = b"moot dashboard session v1"
 OVERVIEW_INTERVAL_S: Final = 1.0
 EVENTS_INTERVAL_S: Final = 2.0
-EVENTS_MARGIN_MS: Final = 5_000  # re-ask this far back: other nodes' events may arrive a little late
 EVENTS_PER_POLL: Final = 2_000  # a node keeps that many: a burst between two polls is not cut
 WRITE_TIMEOUT_S: Final = 5.0
 STREAM_SEND_BUFFER_BYTES: Final = 64 * 1024  # the kernel's share of what a stalled reader can pile up
@@ -78,7 +78,7 @@ class Dashboard:
         app.router.add_post("/logout", self.logout)
         app.router.add_get("/static/{name}", self.static)
         app.router.add_get("/api/overview", self.api_overview)
-        for part in ("raft", "jobs", "objects"):
+        for part in self._parts():
             app.router.add_get(f"/api/{part}", self.api_part)
         app.router.add_get("/api/stream", self.api_stream)
         app.router.add_post("/api/jobs/{job_id}/cancel", self.api_cancel)
@@ -133,6 +133,7 @@ class Dashboard:
         return self._cors(request, response)
 
     def _cors(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        """Let another member's page read ``response`` (only theirs)."""
         origin = request.headers.get("Origin")
         if origin and origin in self.member_origins() and not response.prepared:
             response.headers["Access-Control-Allow-Origin"] = origin
@@ -140,17 +141,13 @@ class Dashboard:
             response.headers["Vary"] = "Origin"
         return response
 
-    def preflight(self, request: web.Request) -> web.Response:
+    def preflight(self, request: web.Request) -> web.StreamResponse:
         """A CORS preflight: another member's page may read (and cancel,
         with the token in a header) here."""
-        response = web.Response(status=204)
-        origin = request.headers.get("Origin")
-        if origin and origin in self.member_origins():
-            response.headers["Access-Control-Allow-Origin"] = origin
+        response = self._cors(request, web.Response(status=204))
+        if "Access-Control-Allow-Origin" in response.headers:
             response.headers["Access-Control-Allow-Headers"] = "Authorization"
             response.headers["Access-Control-Allow-Methods"] = "GET, POST"
-            response.headers["Access-Control-Allow-Credentials"] = "true"
-            response.headers["Vary"] = "Origin"
         return response
 
     def member_origins(self) -> set[str]:
@@ -190,35 +187,45 @@ class Dashboard:
 
     def overview(self) -> dict[str, Any]:
         node = self.node
-        members = [msgspec.to_builtins(info) for info in node.member_infos()]
-        raft: dict[str, Any] | None = None
-        if node.kv is not None:
-            status = node.kv.status(0, node.options.address)
-            raft = {
-                "role": status.role,
-                "term": status.term,
-                "leader": status.leader_id,
-                "voters": list(status.voters),
-                "learners": list(status.learners),
-                "commit_index": status.commit_index,
-                "applied_index": status.applied_index,
-                "revision": status.revision,
-                "keys": status.keys,
-            }
-        jobs: list[dict[str, Any]] = []
-        if node.tasks is not None and node.kv is not None:
-            info = node.tasks.job_info(wire.JobQuery(request_id=0))
-            for summary in info.jobs[-JOBS_SHOWN_MAX:]:
-                jobs.append(msgspec.structs.asdict(summary))
         return {
             "node_id": node.node_id,
             "address": node.options.address,
             "time_ms": int(time.time() * 1000),
-            "members": members,
-            "raft": raft,
-            "jobs": jobs[::-1],
-            "objects": node.objects.stats() if node.objects is not None else None,
+            "members": [msgspec.to_builtins(info) for info in node.member_infos()],
+            **{part: make() for part, make in self._parts().items()},
         }
+
+    def _parts(self) -> dict[str, Any]:
+        """The overview's parts that ``/api/<part>`` also serves alone."""
+        return {"raft": self._raft, "jobs": self._jobs, "objects": self._objects}
+
+    def _raft(self) -> dict[str, Any] | None:
+        node = self.node
+        if node.kv is None:
+            return None
+        status = node.kv.status(0, node.options.address)
+        return {
+            "role": status.role,
+            "term": status.term,
+            "leader": status.leader_id,
+            "voters": list(status.voters),
+            "learners": list(status.learners),
+            "commit_index": status.commit_index,
+            "applied_index": status.applied_index,
+            "revision": status.revision,
+            "keys": status.keys,
+        }
+
+    def _jobs(self) -> list[dict[str, Any]]:
+        """The newest ``JOBS_SHOWN_MAX`` jobs, newest first."""
+        node = self.node
+        if node.tasks is None or node.kv is None:
+            return []
+        info = node.tasks.job_info(wire.JobQuery(request_id=0), newest=JOBS_SHOWN_MAX)
+        return [msgspec.structs.asdict(summary) for summary in reversed(info.jobs)]
+
+    def _objects(self) -> dict[str, Any] | None:
+        return self.node.objects.stats() if self.node.objects is not None else None
 
     async def api_overview(self, request: web.Request) -> web.Response:
         return web.json_response(self.overview())
@@ -226,7 +233,7 @@ class Dashboard:
     async def api_part(self, request: web.Request) -> web.Response:
         """``/api/raft``, ``/api/jobs``, ``/api/objects``: one part of the overview."""
         part = request.path.removeprefix("/api/")
-        return web.json_response({"node_id": self.node.node_id, part: self.overview()[part]})
+        return web.json_response({"node_id": self.node.node_id, part: self._parts()[part]()})
 
     async def api_stream(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events until the client goes (or stops reading)."""
@@ -247,8 +254,7 @@ class Dashboard:
                 if time.monotonic() >= next_events and self.node.exchange is not None:
                     next_events = time.monotonic() + EVENTS_INTERVAL_S
                     records, missing = await self.node.exchange.federation(after, EVENTS_PER_POLL)
-                    if records:
-                        after = max(0, records[-1]["hlc"] - (EVENTS_MARGIN_MS << 16))
+                    after = resume_after(records, after)
                     await self._send(response, "events", {"events": records, "missing": missing})
                 await asyncio.sleep(OVERVIEW_INTERVAL_S)
         except (ConnectionResetError, asyncio.CancelledError):

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 EVENTS_KEPT_MAX: Final = 2_000
 SUBSCRIBER_QUEUE_MAX: Final = 1_000
 FIELD_CHARS_MAX: Final = 500
+RESUME_MARGIN_MS: Final = 5_000  # a follower re-asks this far back: other nodes' events may arrive late
 
 TIMELINE_EVENTS: Final = frozenset(
     {
@@ -127,6 +128,17 @@ def merge(*timelines: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _order(record: dict[str, Any]) -> tuple[int, str]:
     return record["hlc"], record["node"]
+
+
+def resume_after(records: list[dict[str, Any]], after: int) -> int:
+    """Where a follower of the timeline asks from next, having got
+    ``records`` (oldest first): ``RESUME_MARGIN_MS`` before the newest, as
+    other nodes' events stamped a little earlier may still arrive (callers
+    drop the repeats)."""
+    if not records:
+        return after
+    newest: int = records[-1]["hlc"]
+    return max(0, newest - (RESUME_MARGIN_MS << hlc.LOGICAL_BITS))
 
 
 def iter_new(records: list[dict[str, Any]], seen: set[tuple[int, str]]) -> Iterator[dict[str, Any]]:

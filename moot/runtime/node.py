@@ -40,7 +40,14 @@ from moot.runtime.node_state import NodeState
 from moot.runtime.object_service import ObjectError, ObjectNotFound, ObjectService
 from moot.runtime.storage import StorageError
 from moot.runtime.task_service import TaskService
-from moot.runtime.transport import Peer, Transport, TransportConfig, format_address, parse_address
+from moot.runtime.transport import (
+    Peer,
+    Transport,
+    TransportConfig,
+    format_address,
+    is_wildcard,
+    parse_address,
+)
 from moot.runtime.worker_pool import WorkerPoolError
 
 LEAVE_DRAIN_MS_MAX = 2_000  # how long a graceful leave waits for its gossip to go out
@@ -478,7 +485,7 @@ class Node:
         labels = {"host": socket.gethostname()}
         if self.options.http:
             host, port = parse_address(self.options.http)
-            if host in ("0.0.0.0", "::", ""):
+            if is_wildcard(host):
                 host = parse_address(self.options.address)[0]
             labels["http"] = format_address(host, port)
         labels.update(self.options.labels)

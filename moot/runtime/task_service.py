@@ -507,13 +507,14 @@ class TaskService:
             watch.seq = results[-1].seq
         return job.state not in ("finished", "cancelled") or watch.seq < job.seq
 
-    def job_info(self, query: wire.JobQuery) -> wire.JobInfo:
+    def job_info(self, query: wire.JobQuery, *, newest: int = JOBS_LISTED_MAX) -> wire.JobInfo:
+        """Summaries of the asked job, or of the ``newest`` jobs (oldest first)."""
         table = self.kv.server.state.tasks
         if query.job_id:
             job = table.job(query.job_id)
             jobs = [job] if job is not None else []
         else:
-            jobs = list(table.jobs())[-JOBS_LISTED_MAX:]  # the newest: one reply stays one frame
+            jobs = list(table.jobs())[-newest:]  # the newest: one reply stays one frame
         workers = self._workers_now()
         summaries = []
         for job in jobs:

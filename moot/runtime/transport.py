@@ -145,7 +145,8 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _is_wildcard(host: str) -> bool:
+def is_wildcard(host: str) -> bool:
+    """Whether ``host`` means every interface (0.0.0.0, ::, empty)."""
     try:
         return ipaddress.ip_address(host).is_unspecified
     except ValueError:
@@ -918,7 +919,7 @@ class Transport:
         self._listen_host, self._listen_port = parse_address(listen_address)
         if advertise_address is not None:
             parse_address(advertise_address)
-        elif _is_wildcard(self._listen_host):
+        elif is_wildcard(self._listen_host):
             raise ValueError(
                 f"listening on {listen_address} needs an advertise_address other nodes can reach"
             )
