@@ -120,6 +120,20 @@ def test_records_are_cut_into_pickled_chunks_that_keep_their_numbers() -> None:
     assert len(set(numbers)) == 1000
 
 
+def test_a_text_record_is_named_by_its_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_bytes(b"one\r\ntwo\n")
+    (tmp_path / "b.txt").write_bytes(b"three\nfour\nfive")
+    splits, _ = plan_splits(str(tmp_path / "*.txt"), 4096)
+    assert len(splits) == 1
+    records = _Records(splits[0])
+    seen = [(line, records.where()) for line in records]
+    assert [line for line, _ in seen] == ["one", "two", "three", "four", "five"]
+    assert seen[0][1].endswith("a.txt, line 1 of the text from byte 0")
+    assert seen[1][1].endswith("a.txt, line 2 of the text from byte 0")
+    assert seen[3][1].endswith("b.txt, line 2 of the text from byte 0")
+    assert records.where().endswith("b.txt, line 3 of the text from byte 0")  # exhausted: the last one
+
+
 def test_equal_keys_hash_alike_and_unpicklable_keys_are_named() -> None:
     assert stable_hash(1) == stable_hash(True) == stable_hash(1.0)
     assert stable_hash(("a", 2)) == stable_hash(("a", 2))
