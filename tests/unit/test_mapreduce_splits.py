@@ -78,7 +78,7 @@ def split_bytes_of(split: TextSplit | RecordSplit) -> int:
         (64, 50_000, 400_000, 0, 8),  # no slots known: the split size rules
         (64, 50_000, 400_000, 3, 9),  # 8 rounded up to full waves of 3
         (64, 50_000, 10_000_000, 3, 3),  # one split's worth, a wave of 3 (over a MiB each)
-        (10, 3_000_000, 64 << 20, 3, 12),  # 30 MB with large splits: 4 waves of 3
+        (10, 3_000_000, 64 << 20, 3, 6),  # 30 MB with large splits: 2 waves of 3
         (3, 2_000, 64 << 20, 3, 1),  # tiny input: one split, not 12 tiny ones
     ],
 )
