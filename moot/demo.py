@@ -270,11 +270,13 @@ def run_demo(*, nodes: int, keep: bool, console: Console) -> int:
             console.print(f"[red]✗ mismatch[/] on {len(differ)} words, e.g. {sorted(differ)[:5]}")
             code = 1
         if keep:
+            # A survivor's address: the demo killed two of the nodes.
+            survivor = federation.nodes[next(i for i in range(nodes) if i not in chaos.killed)]
             console.print(f"\nfederation left running; cluster dir {federation.cluster_dir}")
-            console.print(f"  moot status --cluster {federation.cluster_dir} --node {federation.addresses[-1]}")
-            console.print(f"  moot events --cluster {federation.cluster_dir} --node {federation.addresses[-1]}")
+            console.print(f"  moot status --cluster {federation.cluster_dir} --node {survivor.address}")
+            console.print(f"  moot events --cluster {federation.cluster_dir} --node {survivor.address}")
             console.print(
-                f"  dashboard: {federation.nodes[-1].http_url}/ (any node's; the token is in {federation.cluster_dir / 'token'})"
+                f"  dashboard: {survivor.http_url}/ (any live node's; the token is in {federation.cluster_dir / 'token'})"
             )
             console.print(f"  moot local down --dir {federation.directory}")
         console.print(f"demo took {time.monotonic() - began:.1f}s")
