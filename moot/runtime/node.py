@@ -16,7 +16,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -676,13 +676,10 @@ class _NodeCollector(Collector):
         node = self.node
         if node.membership is None:
             return
-        by_state = GaugeMetricFamily("moot_members", "Members this node knows, by state.", labels=["state"])
         counts = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
         for member in node.membership.members():
             counts[member.state] = counts.get(member.state, 0) + 1
-        for state, count in counts.items():
-            by_state.add_metric([state], count)
-        yield by_state
+        yield _by_state("moot_members", "Members this node knows, by state.", counts)
         yield GaugeMetricFamily("moot_member_incarnation", "This node's incarnation number.", value=node.membership.incarnation)
 
     def _transport(self) -> Iterator[Metric]:
@@ -718,8 +715,6 @@ class _NodeCollector(Collector):
         if node.kv is None:
             return
         table = node.kv.server.state.tasks
-        jobs = GaugeMetricFamily("moot_jobs", "Jobs in the task table (as this node's replica has it), by state.", labels=["state"])
-        tasks_by_state = GaugeMetricFamily("moot_tasks", "Tasks of the kept jobs, by state.", labels=["state"])
         job_counts: dict[str, int] = {}
         task_counts: dict[str, int] = {"pending": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
         for job in table.jobs():
@@ -727,14 +722,20 @@ class _NodeCollector(Collector):
             for task in job.tasks:
                 task_counts[task.state] = task_counts.get(task.state, 0) + 1
             task_counts["pending"] += job.total - len(job.tasks)
-        for state, count in sorted(job_counts.items()):
-            jobs.add_metric([state], count)
-        for state, count in task_counts.items():
-            tasks_by_state.add_metric([state], count)
-        yield jobs
-        yield tasks_by_state
+        yield _by_state(
+            "moot_jobs", "Jobs in the task table (as this node's replica has it), by state.", dict(sorted(job_counts.items()))
+        )
+        yield _by_state("moot_tasks", "Tasks of the kept jobs, by state.", task_counts)
         if node.tasks is not None:
             yield GaugeMetricFamily("moot_worker_slots", "Worker processes on this node.", value=node.tasks.cpus)
+
+
+def _by_state(name: str, text: str, counts: Mapping[str, int]) -> GaugeMetricFamily:
+    """A gauge with a ``state`` label, one sample per entry of ``counts``."""
+    family = GaugeMetricFamily(name, text, labels=["state"])
+    for state, count in counts.items():
+        family.add_metric([state], count)
+    return family
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int]:
